@@ -1,0 +1,1 @@
+"""The ``bus-mtl`` command line. See :mod:`bus_mtl.cli.main`."""

@@ -1,0 +1,66 @@
+"""``bus-mtl`` entry point: one dispatcher, one module per sub-command.
+
+Sub-commands are imported lazily so that ``bus-mtl check-data`` does not pay for importing
+Lightning, and so that each sub-command lives in its own small module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). Each function takes argv (list[str]) and
+# returns an int exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "main": ("bus_mtl.cli.main_job:main", "train the paper's best variant on the data found"),
+    "fit": ("bus_mtl.cli.lightning:main", "LightningCLI fit (--config experiments/...)"),
+    "validate": ("bus_mtl.cli.lightning:main", "LightningCLI validate"),
+    "test": ("bus_mtl.cli.lightning:main", "LightningCLI test"),
+    "predict": (
+        "bus_mtl.cli.predict:main",
+        "predict masks/probabilities for image files (--ckpt/--model, --input, --output); "
+        "with --config it is LightningCLI predict",
+    ),
+    "check-data": ("bus_mtl.cli.check_data:main", "validate a dataset and print its summary"),
+    "cv": ("bus_mtl.cli.cv:main", "k-fold cross-validation of one configuration"),
+    "compare": ("bus_mtl.cli.compare:main", "variant x fold comparison table with statistics"),
+    "sweep": ("bus_mtl.cli.sweep:main", "run a W&B sweep file locally (optuna)"),
+    "export": ("bus_mtl.cli.export:main", "export a checkpoint to ONNX or TorchScript"),
+    "bench": ("bus_mtl.cli.bench:main", "benchmarks: data | models | inference"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: bus-mtl COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run 'bus-mtl COMMAND --help' for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from bus_mtl import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bus-mtl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    # LightningCLI sub-commands need to see their own name.
+    if module_name == "bus_mtl.cli.lightning":
+        rest = [name, *rest]
+    code = func(rest)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
