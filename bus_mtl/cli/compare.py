@@ -1,0 +1,70 @@
+"""``bus-mtl compare``: variant × fold matrix on identical folds, with paired statistics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bus_mtl.cli.cv import parse_protocols
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bus-mtl compare",
+        allow_abbrev=False,
+        description=(
+            "Cross-validate several variants on one shared split and write the paper-style "
+            "table (mean ± std, p-values against the best), a plot and per-image "
+            "predictions joined by id. Unknown arguments go to every LightningCLI run."
+        ),
+    )
+    p.add_argument(
+        "--variants",
+        required=True,
+        help="comma list of experiments/variants/<name>.yaml names, or 'all'",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="base/data YAMLs before each variant's (repeat; default experiments/base.yaml)",
+    )
+    p.add_argument("--variants-dir", default="experiments/variants")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", default=None, help="default results/compare_<time>")
+    p.add_argument("--parallel", type=int, default=1, help="fold runs at once (default 1)")
+    p.add_argument("--protocol", default="kfold", help="comma list of kfold, by_centre")
+    p.add_argument("--seed", type=int, default=42)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from bus_mtl.experiments.compare import run_compare
+
+    args, extra = build_parser().parse_known_args(argv)
+    out = Path(args.out or f"results/compare_{time.strftime('%Y%m%d_%H%M%S')}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    start = time.perf_counter()
+    try:
+        _, failed = run_compare(
+            variants,
+            args.config or ["experiments/base.yaml"],
+            out,
+            folds=args.folds,
+            extra=extra,
+            parallel=args.parallel,
+            protocols=parse_protocols(args.protocol),
+            seed=args.seed,
+            variants_dir=args.variants_dir,
+            argv=["compare", *argv],
+        )
+    except ValueError as err:
+        print(f"bus-mtl compare: {err}", file=sys.stderr)
+        return 2
+    print((out / "compare.md").read_text())
+    for where, err in failed.items():
+        print(f"bus-mtl compare: {where} failed: {err}", file=sys.stderr)
+    print(f"results: {out}  (wall time {time.perf_counter() - start:.0f} s)")
+    return 1 if failed else 0

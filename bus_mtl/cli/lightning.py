@@ -1,0 +1,164 @@
+"""``bus-mtl fit|validate|test|predict``: the LightningCLI of ``MultiTaskModule`` + ``BUSDataModule``.
+
+Usage::
+
+    bus-mtl fit --config experiments/base.yaml --config experiments/data/busi.yaml \\
+        --config experiments/variants/seg_features_effnet.yaml
+    bus-mtl fit --config ... --print_config          # the resolved config
+    bus-mtl fit --config ... --ckpt_path last        # resume the latest run of that config
+
+Beyond plain LightningCLI:
+
+* ``data.in_channels`` and ``data.num_classes`` are linked into the net's ``init_args``;
+* with no ``trainer.logger`` configured, the loggers are a (resumable) ``CSVLogger`` and a
+  ``WandbLogger`` under ``trainer.default_root_dir`` (W&B offline when no API key is
+  configured; ``wandb sync`` uploads the run later);
+* ``--ckpt_path last`` finds the latest version of the run and logs into it again;
+* a ``RichProgressBar`` when the progress bar is on and none is configured;
+* the resolved config is saved (overwriting) beside the logs and in the W&B run config.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.trainer import Trainer
+
+from bus_mtl.data.datamodule import BUSDataModule
+from bus_mtl.data.errors import DataError
+from bus_mtl.training.callbacks import LoggedSaveConfigCallback
+from bus_mtl.training.loggers import ResumableCSVLogger
+from bus_mtl.training.module import MultiTaskModule
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DEFAULT_WANDB_PROJECT = "bus_mtl"
+
+
+def wandb_api_key_configured() -> bool:
+    """True when W&B can log online: ``WANDB_API_KEY`` set or a netrc entry for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def configure_wandb_environment() -> str:
+    """Default W&B to offline without an API key (no network), project ``bus_mtl``.
+
+    Returns the mode W&B will use. An explicit ``WANDB_MODE`` is left alone.
+    """
+    if "WANDB_MODE" not in os.environ and not wandb_api_key_configured():
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_PROJECT", DEFAULT_WANDB_PROJECT)
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def _run_name(model_config: Any) -> str:
+    """Logger name of a run: the net's class name, e.g. ``SegResNetEffNetFeatures``."""
+    net = getattr(model_config, "net", None)
+    class_path = getattr(net, "class_path", None) or (
+        net.get("class_path") if isinstance(net, dict) else None
+    )
+    return str(class_path).rsplit(".", 1)[-1] if class_path else "bus_mtl"
+
+
+def resume_version(root: Path, name: str, ckpt_path: str | None) -> int | None:
+    """The CSVLogger version to log into again when resuming, ``None`` for a fresh version.
+
+    ``ckpt_path="last"``: the newest ``<root>/<name>/version_N`` holding
+    ``checkpoints/last.ckpt``; a path ``.../version_N/checkpoints/x.ckpt`` inside
+    ``<root>/<name>``: that N.
+    """
+    if not ckpt_path:
+        return None
+    base = root / name
+    if ckpt_path == "last":
+        found = []
+        for d in base.glob("version_*"):
+            match = re.fullmatch(r"version_(\d+)", d.name)
+            if match and (d / "checkpoints" / "last.ckpt").is_file():
+                found.append(int(match.group(1)))
+        return max(found) if found else None
+    path = Path(ckpt_path).resolve()
+    match = re.fullmatch(r"version_(\d+)", path.parent.parent.name)
+    if path.parent.name == "checkpoints" and match and path.parent.parent.parent == base.resolve():
+        return int(match.group(1))
+    return None
+
+
+class BusMTLCLI(LightningCLI):
+    """LightningCLI with the links, loggers and progress bar described in the module doc."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Channels and classes follow the data: the net's values are not set by hand.
+        parser.link_arguments(
+            "data.in_channels", "model.net.init_args.in_channels", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate"
+        )
+
+    def _default_loggers(self, trainer_config: dict[str, Any]) -> list[Logger]:
+        root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+        name = _run_name(self._get(self.config, "model"))
+        ckpt_path = self._get(self.config, "ckpt_path") if self.subcommand == "fit" else None
+        version = resume_version(root, name, ckpt_path)
+        csv = ResumableCSVLogger(save_dir=str(root), name=name, version=version)
+        wandb = WandbLogger(save_dir=str(root), name=name)
+        return [csv, wandb]
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = self._default_loggers(trainer_config)
+        progress_on = trainer_config.get("enable_progress_bar") is not False
+        callbacks = list(trainer_config.get("callbacks") or [])
+        if progress_on and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, RichProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+
+def build_cli(args: list[str], run: bool = True) -> BusMTLCLI:
+    """The CLI on ``args`` (``args[0]`` is the sub-command when ``run``)."""
+    configure_wandb_environment()
+    # Our args always come from bus-mtl's own argv handling, not from a stray sys.argv.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    return BusMTLCLI(
+        MultiTaskModule,
+        BUSDataModule,
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        save_config_callback=LoggedSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        seed_everything_default=42,
+        args=args,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bus-mtl fit|validate|test|predict``; ``argv[0]`` is the sub-command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        build_cli(argv)
+    except FloatingPointError as err:  # FiniteLossGuard
+        print(f"bus-mtl: training stopped: {err}", file=sys.stderr)
+        return 1
+    except DataError as err:
+        print(f"bus-mtl: data error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argparse errors, --help, --print_config
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    return 0

@@ -1,0 +1,84 @@
+"""``bus-mtl predict``: masks, overlays and a CSV for image files.
+
+``--ckpt CKPT`` runs the PyTorch network from a training checkpoint, ``--model MODEL.onnx``
+the exported ONNX model (onnxruntime only). With ``--config`` the command is LightningCLI
+``predict`` instead (``bus_mtl.cli.lightning``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bus-mtl predict",
+        description="Predict lesion masks and malignancy probabilities for image files. "
+        "Writes DIR/masks/<stem>.png (0/255, original size), DIR/overlays/<stem>.png and "
+        "DIR/predictions.csv. Exits 1 when any file could not be read.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="training checkpoint (PyTorch)")
+    src.add_argument("--model", help="exported ONNX model (onnxruntime)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="FILE_OR_FOLDER",
+        help="image files and/or folders (folders: their image files, *_mask files skipped)",
+    )
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time augmentation: average with the horizontal mirror",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold for mask pixels and malignancy (default: the model's)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device for --ckpt (cpu, cuda, ...)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side for a checkpoint that does not record it",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    if "--config" in argv or any(a.startswith("--config=") for a in argv):
+        from bus_mtl.cli.lightning import main as lightning_main
+
+        return int(lightning_main(["predict", *argv]) or 0)
+    args = build_parser().parse_args(argv)
+    tta = args.tta == "flip"
+    try:
+        if args.model:
+            from bus_mtl.inference.predictor import Predictor
+
+            predictor = Predictor(args.model, threshold=args.threshold, tta=tta)
+        else:
+            from bus_mtl.inference.torch_predictor import TorchPredictor
+
+            predictor = TorchPredictor.from_checkpoint(
+                args.ckpt,
+                threshold=args.threshold,
+                tta=tta,
+                device=args.device,
+                image_size=args.image_size,
+            )
+        from bus_mtl.inference.predict import predict_files
+
+        summary = predict_files(predictor, args.input, args.output, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"bus-mtl predict: {err}", file=sys.stderr)
+        return 2
+    print(summary, file=sys.stderr if summary.failed else sys.stdout)
+    return 1 if summary.failed else 0

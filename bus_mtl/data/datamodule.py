@@ -1,0 +1,289 @@
+"""``BUSDataModule``: sources → validated, cached, split, augmented batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bus_mtl.data.cache import DecodeCache
+from bus_mtl.data.check import DataReport, check_data
+from bus_mtl.data.dataset import BUSDataset, EpochSampler, seed_worker_augmentation
+from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD
+from bus_mtl.data.errors import DataError, raise_if_errors
+from bus_mtl.data.paths import default_cache_dir
+from bus_mtl.data.sample import CLASS_NAMES, Sample
+from bus_mtl.data.sources.base import Source, as_source
+from bus_mtl.data.splits import SPLIT_KINDS, Split, by_centre_split, kfold_split
+from bus_mtl.data.transforms import build_augmentation, build_transform
+
+
+class BUSDataModule(L.LightningDataModule):
+    """Breast-ultrasound batches for joint segmentation + classification.
+
+    Batches are dicts: ``image`` float B×C×H×W (normalised), ``mask`` float B×1×H×W in
+    {0,1}, ``label`` long B (-1 = no class label), ``id`` list[str], ``centre`` list[str].
+
+    ``setup()`` checks the whole dataset first (every file decoded once into the cache) and
+    raises one :class:`~bus_mtl.data.errors.DataError` listing every problem, so bad data
+    fails before the first training step. Images are resized to a square ``image_size``
+    without keeping the aspect ratio (as most BUS papers do). Normalisation statistics are
+    the mean/std of the fold's training images unless ``mean``/``std`` are given.
+
+    Args:
+        sources: one source or a list (their samples are concatenated; ids must differ).
+        split: ``"kfold"`` (stratified grouped k-fold), ``"by_centre"`` (test on
+            ``test_centres``) or ``"file"`` (read ``split_file``).
+        n_folds: number of folds for ``kfold``.
+        fold: the fold used (its test part is test/predict; val is carved from the rest).
+        split_file: split JSON to read when ``split="file"``.
+        test_centres: held-out centres for ``by_centre``.
+        val_fraction: grouped, stratified share of the non-test data used for validation.
+        dup_threshold: pHash Hamming distance for near-duplicate groups (-1 disables).
+        image_size: side of the square network input; a multiple of 32.
+        in_channels: 1, or 3 (gray replicated, for ImageNet-style encoders).
+        batch_size: batch size of every loader.
+        num_workers: DataLoader worker processes.
+        augmentation: preset ``none|light|strong`` or a list of transform dicts.
+        cache_dir: decode cache (default ``$BUS_MTL_CACHE`` or ``~/.cache/bus_mtl``).
+        seed: split and augmentation seed.
+        split_out: where to write the split JSON (default: not written).
+        mean: fixed normalisation mean (in [0, 1] units); default: from training images.
+        std: fixed normalisation std; default: from training images.
+    """
+
+    def __init__(
+        self,
+        sources: Source | list[Source],
+        split: str = "kfold",
+        n_folds: int = 5,
+        fold: int = 0,
+        split_file: str | None = None,
+        test_centres: list[str] | None = None,
+        val_fraction: float = 0.15,
+        dup_threshold: int = DEFAULT_DUP_THRESHOLD,
+        image_size: int = 256,
+        in_channels: int = 1,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        augmentation: str | list[dict[str, Any]] = "light",
+        cache_dir: str | None = None,
+        seed: int = 42,
+        split_out: str | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+    ) -> None:
+        super().__init__()
+        if split not in SPLIT_KINDS:
+            raise ValueError(f"split: {split!r} is not one of {SPLIT_KINDS}")
+        if split == "kfold":
+            if n_folds < 2:
+                raise ValueError(f"n_folds: need at least 2, got {n_folds}")
+            if not 0 <= fold < n_folds:
+                raise ValueError(f"fold: {fold} out of range for n_folds={n_folds}")
+        elif fold < 0:
+            raise ValueError(f"fold: must be >= 0, got {fold}")
+        if split == "by_centre" and fold != 0:
+            raise ValueError(f"fold: a by_centre split has one fold (0), got {fold}")
+        if split == "by_centre" and not test_centres:
+            raise ValueError("test_centres: required when split='by_centre'")
+        if split == "file" and not split_file:
+            raise ValueError("split_file: required when split='file'")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction: must be in [0, 1), got {val_fraction}")
+        if dup_threshold > 64:
+            raise ValueError(
+                f"dup_threshold: a 64-bit hash distance is at most 64, got {dup_threshold}"
+            )
+        if image_size < 32 or image_size % 32:
+            raise ValueError(f"image_size: must be a positive multiple of 32, got {image_size}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels: must be 1 or 3, got {in_channels}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers: must be >= 0, got {num_workers}")
+        if std is not None and std <= 0:
+            raise ValueError(f"std: must be positive, got {std}")
+        build_augmentation(augmentation)  # raises ValueError naming a bad preset/transform
+        self.source = as_source(sources)
+        self.split_kind = split
+        self.n_folds = n_folds
+        self.fold = fold
+        self.split_file = split_file
+        self.test_centres = list(test_centres) if test_centres else None
+        self.val_fraction = val_fraction
+        self.dup_threshold = dup_threshold
+        self._image_size = image_size
+        self._in_channels = in_channels
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augmentation = augmentation
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self._check_cache_outside_data()
+        self.seed = seed
+        self.split_out = split_out
+        self._fixed_norm = (mean, std)
+        self._num_classes = 3 if self.source.has_normal_class else 1
+        self.report: DataReport | None = None
+        self.split: Split | None = None
+        self.datasets: dict[str, BUSDataset] = {}
+        self._normalization: dict[str, float] | None = None
+
+    def _check_cache_outside_data(self) -> None:
+        cache = self.cache_dir.resolve()
+        roots = [getattr(s, "root", None) for s in getattr(self.source, "sources", [self.source])]
+        for root in roots:
+            if root is None or not Path(root).exists():
+                continue
+            if cache == Path(root).resolve() or Path(root).resolve() in cache.parents:
+                raise ValueError(
+                    f"cache_dir: {cache} is inside the data folder {root}; choose another"
+                )
+
+    # Properties for LightningCLI link_arguments and for checkpoint metadata.
+    @property
+    def in_channels(self) -> int:
+        return self._in_channels
+
+    @property
+    def num_classes(self) -> int:
+        """1 (one malignancy logit) or 3 (benign/malignant/normal)."""
+        return self._num_classes
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CLASS_NAMES[:3] if self._num_classes == 3 else CLASS_NAMES[:2])
+
+    @property
+    def normalization(self) -> dict[str, float]:
+        """``{"mean", "std"}`` in [0, 1] units, computed in ``setup()``."""
+        if self._normalization is None:
+            mean, std = self._fixed_norm
+            if mean is not None and std is not None:
+                return {"mean": float(mean), "std": float(std)}
+            raise RuntimeError(
+                "normalization: call setup() first (it is computed from the training images)"
+            )
+        return dict(self._normalization)
+
+    def _make_split(self, samples: list[Sample], groups: list[list[str]]) -> Split:
+        if self.split_kind == "kfold":
+            return kfold_split(
+                samples, groups, self.n_folds, self.seed, self.val_fraction, self.dup_threshold
+            )
+        if self.split_kind == "by_centre":
+            return by_centre_split(
+                samples,
+                self.test_centres or [],
+                groups,
+                self.seed,
+                self.val_fraction,
+                self.dup_threshold,
+            )
+        split = Split.load(self.split_file)  # type: ignore[arg-type]
+        raise_if_errors(split.check_against([s.id for s in samples], where=str(self.split_file)))
+        if not 0 <= self.fold < len(split.folds):
+            raise DataError(
+                f"fold: {self.fold} out of range; {self.split_file} has {len(split.folds)} fold(s)"
+            )
+        return split
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        report = check_data(
+            self.source,
+            self._image_size,
+            self.cache_dir,
+            self.dup_threshold,
+            self.num_workers or None,
+        )
+        report.raise_if_errors()
+        self.report = report
+        samples = report.samples
+        self.split = self._make_split(samples, report.groups)
+        if self.split_out:
+            self.split.save(self.split_out)
+        parts = self.split.fold(self.fold)
+        by_id = {s.id: s for s in samples}
+        cache = DecodeCache(self._image_size, self.cache_dir)
+        chosen = {
+            name: [by_id[i] for i in parts.get(name, [])] for name in ("train", "val", "test")
+        }
+        if not chosen["train"]:
+            raise DataError(f"fold {self.fold}: the training part is empty")
+        self._normalization = self._compute_normalization(chosen["train"], cache, report.keys)
+        mean, std = self._normalization["mean"], self._normalization["std"]
+        for name, subset in chosen.items():
+            aug = self.augmentation if name == "train" else "none"
+            transform = build_transform(aug, mean, std, seed=self.seed)
+            self.datasets[name] = BUSDataset(
+                subset, cache, transform, self._in_channels, report.keys
+            )
+
+    def _compute_normalization(
+        self, train: list[Sample], cache: DecodeCache, keys: dict[str, str]
+    ) -> dict[str, float]:
+        mean, std = self._fixed_norm
+        if mean is not None and std is not None:
+            return {"mean": float(mean), "std": float(std)}
+        total, total_sq, count = 0.0, 0.0, 0
+        for s in train:
+            img = cache.load(s, keys.get(s.id))[0].astype(np.float64) / 255.0
+            total += img.sum()
+            total_sq += (img**2).sum()
+            count += img.size
+        m = total / count
+        sd = max(np.sqrt(max(total_sq / count - m * m, 0.0)), 1e-3)
+        return {
+            "mean": round(float(m if mean is None else mean), 6),
+            "std": round(float(sd if std is None else std), 6),
+        }
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        ds = self.datasets[name]
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(ds), seed=self.seed) if train else None,
+            drop_last=train and len(ds) % self.batch_size == 1,  # no size-1 batch for BatchNorm
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker_augmentation,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The fold's test part."""
+        return self._loader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fold": self.fold,
+            "normalization": self._normalization,
+            "class_names": self.class_names,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("normalization"):
+            self._normalization = dict(state_dict["normalization"])

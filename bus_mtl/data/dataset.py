@@ -1,0 +1,140 @@
+"""Torch dataset over cached, decoded samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from bus_mtl.data.cache import DecodeCache
+from bus_mtl.data.sample import Sample
+
+
+class BUSDataset(Dataset):
+    """Items are dicts: ``image`` C×H×W float, ``mask`` 1×H×W float in {0,1}, ``label``
+    long scalar (-1 = no class label), ``id`` str, ``centre`` str.
+
+    Args:
+        samples: the samples to serve.
+        cache: decode cache at the training size.
+        transform: albumentations pipeline ending in normalisation.
+        in_channels: 1, or 3 to replicate the grayscale channel.
+        keys: precomputed cache keys by sample id (avoids ``stat`` calls per item).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        cache: DecodeCache,
+        transform: A.Compose,
+        in_channels: int = 1,
+        keys: dict[str, str] | None = None,
+    ) -> None:
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels: must be 1 or 3, got {in_channels}")
+        self.samples = list(samples)
+        self.cache = cache
+        self.transform = transform
+        self.in_channels = in_channels
+        self.keys = keys or {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.samples[index]
+        arr = self.cache.load(s, self.keys.get(s.id))
+        return arr[0], arr[1]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, object]:
+        # EpochSampler yields (index, augmentation seed): the augmentation of a sample then
+        # depends only on (seed, epoch, index), not on worker count or on a resume.
+        index, aug_seed = index if isinstance(index, tuple) else (index, None)
+        s = self.samples[index]
+        image, mask = self.load_pair(index)
+        if aug_seed is not None:
+            reseed_transform(self.transform, aug_seed)
+        out = self.transform(image=image, mask=mask)
+        img = torch.from_numpy(np.ascontiguousarray(out["image"], dtype=np.float32))
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+        if self.in_channels == 3 and img.shape[0] == 1:
+            img = img.expand(3, -1, -1).contiguous()
+        msk = torch.from_numpy(np.ascontiguousarray(out["mask"])).to(torch.float32)
+        return {
+            "image": img,
+            "mask": msk.reshape(1, *msk.shape[-2:]),
+            "label": torch.tensor(s.label, dtype=torch.long),
+            "id": s.id,
+            "centre": s.centre,
+        }
+
+
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+
+    albumentations ``Compose`` keeps its own RNG, which forked workers would otherwise
+    share (every worker would draw the same flips); torch's per-worker seed is distinct
+    and follows ``seed_everything``. OpenCV is also kept to one thread per worker (as torch
+    already is): workers × OpenCV threads oversubscribe the cores and slow loading down.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    cv2.setNumThreads(1)
+    ds = info.dataset
+    while hasattr(ds, "dataset"):  # Subset and friends
+        ds = ds.dataset
+    transform = getattr(ds, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
+def reseed_transform(transform: A.BaseCompose, seed: int) -> None:
+    """Seed an albumentations pipeline, giving every transform its own stream.
+
+    ``Compose.set_random_seed`` hands the *same* seed to every transform, so e.g. a
+    horizontal and a vertical flip with equal ``p`` always fire together.
+    """
+    transform.set_random_seed(seed)
+    stack, i = list(transform.transforms), 0
+    while stack:
+        t = stack.pop(0)
+        i += 1
+        if isinstance(t, A.BaseCompose):
+            stack.extend(t.transforms)
+        t.set_random_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Shuffles with ``torch.Generator().manual_seed(seed + epoch)`` and yields
+    ``(index, augmentation_seed)`` pairs for :class:`BUSDataset`.
+
+    Lightning calls ``set_epoch`` before each training epoch; when wrapped by its
+    ``DistributedSamplerWrapper`` (which does not forward ``set_epoch``) the epoch advances
+    by itself on every pass instead.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = (
+            torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
+        )
+        seeds = torch.randint(0, 2**31 - 1, (self.length,), generator=g)
+        self.epoch += 1
+        return iter([(int(i), int(seeds[i])) for i in order])

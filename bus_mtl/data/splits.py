@@ -1,0 +1,240 @@
+"""Leakage-free, reproducible splits, serialised to JSON.
+
+Units of assignment are *groups*: near-duplicate components united with patient groups
+(see :mod:`bus_mtl.data.duplicates`); every other sample is a group of one. A group never
+lands in two parts of a fold. Strata are ``(centre, label)``. The assignment is a small
+greedy grouped-stratified algorithm (scikit-learn is not a dependency): groups are shuffled
+with the seed, sorted largest first (stable), and each goes to the part whose per-stratum
+counts stay closest to that part's target share.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bus_mtl.data.errors import DataError, Problem
+from bus_mtl.data.sample import Sample
+
+SPLIT_KINDS = ("kfold", "by_centre", "file")
+
+
+@dataclass
+class Split:
+    """A set of folds: ``folds[k] = {"train": [ids], "val": [ids], "test": [ids]}``."""
+
+    kind: str
+    seed: int
+    n_folds: int
+    dup_threshold: int
+    val_fraction: float
+    folds: list[dict[str, list[str]]]
+    groups: list[list[str]] = field(default_factory=list)
+    test_centres: list[str] | None = None
+
+    def fold(self, k: int) -> dict[str, list[str]]:
+        if not 0 <= k < len(self.folds):
+            raise ValueError(f"fold: {k} out of range for a split with {len(self.folds)} fold(s)")
+        return self.folds[k]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError([Problem(str(path), "split file not found")]) from None
+        except ValueError as err:
+            raise DataError([Problem(str(path), f"split file is not valid JSON: {err}")]) from None
+        try:
+            folds = [
+                {p: list(f.get(p, [])) for p in ("train", "val", "test")} for f in data["folds"]
+            ]
+            return cls(
+                kind=data.get("kind", "file"),
+                seed=int(data.get("seed", 0)),
+                n_folds=int(data.get("n_folds", len(folds))),
+                dup_threshold=int(data.get("dup_threshold", -1)),
+                val_fraction=float(data.get("val_fraction", 0.0)),
+                folds=folds,
+                groups=[list(g) for g in data.get("groups", [])],
+                test_centres=data.get("test_centres"),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DataError(
+                [Problem(str(path), f"not a bus_mtl split file ({err!r} missing or malformed)")]
+            ) from None
+
+    def check_against(self, ids: Sequence[str], where: str = "split") -> list[Problem]:
+        """Problems: ids unknown to the data, ids in two parts of one fold."""
+        known = set(ids)
+        problems = []
+        for k, f in enumerate(self.folds):
+            seen: dict[str, str] = {}
+            for part, members in f.items():
+                unknown = [i for i in members if i not in known]
+                if unknown:
+                    problems.append(
+                        Problem(
+                            where,
+                            f"fold {k} {part}: {len(unknown)} id(s) not in the data, e.g. {unknown[:3]}",
+                        )
+                    )
+                for i in members:
+                    if i in seen:
+                        problems.append(
+                            Problem(where, f"fold {k}: {i!r} in both {seen[i]} and {part}")
+                        )
+                    seen[i] = part
+        return problems
+
+
+def _units(samples: Sequence[Sample], groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    ids = [s.id for s in samples]
+    present = set(ids)
+    grouped: set[str] = set()
+    units = []
+    for g in groups:
+        g = [i for i in g if i in present]
+        if g:
+            units.append(sorted(g))
+            grouped.update(g)
+    units += [[i] for i in ids if i not in grouped]
+    return units
+
+
+def assign_groups(
+    units: Sequence[Sequence[str]],
+    strata: dict[str, tuple],
+    shares: Sequence[float],
+    seed: int,
+) -> list[int]:
+    """Greedy grouped-stratified assignment of ``units`` (lists of ids) to parts.
+
+    ``strata[id]`` is the id's stratum; ``shares`` the target fraction of every stratum per
+    part. Returns the part index of each unit. Deterministic for a seed.
+    """
+    keys = sorted({strata[i] for u in units for i in u}, key=str)
+    col = {k: j for j, k in enumerate(keys)}
+    counts = np.zeros((len(units), len(keys)))
+    for n, u in enumerate(units):
+        for i in u:
+            counts[n, col[strata[i]]] += 1
+    shares_arr = np.asarray(shares, dtype=float)
+    shares_arr = shares_arr / shares_arr.sum()
+    target = shares_arr[:, None] * counts.sum(axis=0)[None, :]  # parts × strata
+    weight = 1.0 / np.maximum(counts.sum(axis=0), 1.0)  # rare strata matter as much
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(units))
+    order = sorted(order, key=lambda n: -counts[n].sum())  # stable: ties keep the shuffle
+    filled = np.zeros_like(target)
+    part_of = [0] * len(units)
+    for n in order:
+        before = ((filled - target) ** 2 * weight).sum(axis=1)
+        after = ((filled + counts[n] - target) ** 2 * weight).sum(axis=1)
+        size_gap = (filled.sum(axis=1) + counts[n].sum()) / np.maximum(shares_arr, 1e-9)
+        cost = after - before
+        best = min(range(len(shares_arr)), key=lambda p: (round(cost[p], 12), size_gap[p], p))
+        filled[best] += counts[n]
+        part_of[n] = best
+    return part_of
+
+
+def _strata(samples: Sequence[Sample]) -> dict[str, tuple]:
+    return {s.id: (s.centre, s.label) for s in samples}
+
+
+def _train_val(
+    ids_units: list[list[str]], strata: dict[str, tuple], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    if val_fraction <= 0 or not ids_units:
+        return sorted(i for u in ids_units for i in u), []
+    part = assign_groups(ids_units, strata, [1 - val_fraction, val_fraction], seed)
+    train = sorted(i for u, p in zip(ids_units, part) if p == 0 for i in u)
+    val = sorted(i for u, p in zip(ids_units, part) if p == 1 for i in u)
+    return train, val
+
+
+def kfold_split(
+    samples: Sequence[Sample],
+    groups: Sequence[Sequence[str]] = (),
+    n_folds: int = 5,
+    seed: int = 42,
+    val_fraction: float = 0.15,
+    dup_threshold: int = -1,
+) -> Split:
+    """Stratified (centre, label) grouped k-fold; validation is a grouped stratified
+    ``val_fraction`` of each fold's remaining data."""
+    if n_folds < 2:
+        raise ValueError(f"n_folds: need at least 2, got {n_folds}")
+    units = _units(samples, groups)
+    if len(units) < n_folds:
+        raise DataError(
+            [Problem("n_folds", f"{n_folds} folds but only {len(units)} independent group(s)")]
+        )
+    strata = _strata(samples)
+    part = assign_groups(units, strata, [1.0] * n_folds, seed)
+    folds = []
+    for k in range(n_folds):
+        test = sorted(i for u, p in zip(units, part) if p == k for i in u)
+        rest = [u for u, p in zip(units, part) if p != k]
+        train, val = _train_val(rest, strata, val_fraction, seed + 1000 + k)
+        folds.append({"train": train, "val": val, "test": test})
+    return Split(
+        "kfold", seed, n_folds, dup_threshold, val_fraction, folds, [list(g) for g in groups]
+    )
+
+
+def by_centre_split(
+    samples: Sequence[Sample],
+    test_centres: Sequence[str],
+    groups: Sequence[Sequence[str]] = (),
+    seed: int = 42,
+    val_fraction: float = 0.15,
+    dup_threshold: int = -1,
+) -> Split:
+    """Train (and validate) on every centre but ``test_centres``; test on those. A group that
+    reaches a test centre goes wholly to test, so no copy of a test image is trained on."""
+    centres = {s.centre for s in samples}
+    unknown = sorted(set(test_centres) - centres)
+    if not test_centres or unknown:
+        raise DataError(
+            [
+                Problem(
+                    "test_centres",
+                    f"{list(test_centres)} must name centres of the data {sorted(centres)}",
+                )
+            ]
+        )
+    centre_of = {s.id: s.centre for s in samples}
+    units = _units(samples, groups)
+    test_units = [u for u in units if any(centre_of[i] in test_centres for i in u)]
+    rest = [u for u in units if not any(centre_of[i] in test_centres for i in u)]
+    if not rest:
+        raise DataError([Problem("test_centres", "no training data left outside the test centres")])
+    train, val = _train_val(rest, _strata(samples), val_fraction, seed)
+    test = sorted(i for u in test_units for i in u)
+    fold = {"train": train, "val": val, "test": test}
+    return Split(
+        "by_centre",
+        seed,
+        1,
+        dup_threshold,
+        val_fraction,
+        [fold],
+        [list(g) for g in groups],
+        list(test_centres),
+    )

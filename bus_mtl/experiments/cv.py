@@ -1,0 +1,443 @@
+"""K-fold (and cross-centre) runner: one subprocess per fold runs LightningCLI ``fit`` then
+``test`` (``bus-mtl fit|test ...``, in that process) on one recorded split file.
+
+Subprocesses isolate folds (a crash or an out-of-memory fold does not take the others
+down), let ``--parallel N`` folds share one GPU, and make a killed run resumable::
+
+    OUT/split.json                  the split, computed once, used by every fold
+    OUT/command.txt, seeds.json     how the folder was produced
+    OUT/fold_k/<Net>/version_0/     LightningCLI logs, checkpoints and resolved config.yaml
+    OUT/fold_k/run.json             RunRecorder: val history, checkpoint paths, test metrics
+    OUT/fold_k/test_predictions.csv per-image probability, Dice, ... (PerImagePredictions)
+    OUT/fold_k/metrics.json         the fold's test metrics (+ parameters, seed)
+    OUT/fold_k/fold.log             output of the fold's process (its fit and test commands)
+    OUT/fold_k/DONE                 written last; a fold with DONE is never rerun
+    OUT/summary.{csv,md,json}, reliability.png
+
+A fold without ``DONE`` resumes: its fit restarts from ``last.ckpt`` when one exists (the
+config's ``ModelCheckpoint`` needs ``save_last: true``), and a fold whose fit finished only
+reruns ``test``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bus_mtl.experiments.results import (
+    binary_rows,
+    read_predictions,
+    write_cv_summary,
+    write_json,
+)
+
+PROTOCOLS = ("kfold", "by_centre")
+RECORDER = "bus_mtl.experiments.callbacks.RunRecorder"
+PREDICTIONS = "bus_mtl.training.callbacks.PerImagePredictions"
+
+
+class FoldFailed(RuntimeError):
+    """A fold's subprocess exited with an error; the message names its log file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The split
+
+
+def _data_only_configs(configs: Sequence[str], tmp: Path) -> list[str]:
+    """Copies of the config files holding only their ``data`` section."""
+    out = []
+    for i, path in enumerate(configs):
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must be a YAML mapping")
+        if "data" in data:
+            target = tmp / f"data_{i}.yaml"
+            target.write_text(yaml.safe_dump({"data": data["data"]}))
+            out.append(str(target))
+    return out
+
+
+def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
+    """The ``BUSDataModule`` the configs (and ``--data.*`` extra args) describe, parsed the
+    way LightningCLI parses it, without building the model or the trainer."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from bus_mtl.data.datamodule import BUSDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(BUSDataModule, "data", fail_untyped=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        args: list[str] = []
+        for cfg in _data_only_configs(configs, Path(tmp)):
+            args += ["--config", cfg]
+        args += [a for a in extra if a.startswith("--data.") or a.startswith("--data=")]
+        parsed = parser.parse_args(args)
+        init = parser.instantiate_classes(parsed)
+    return init.data
+
+
+def make_split(
+    configs: Sequence[str],
+    path: Path,
+    protocol: str = "kfold",
+    folds: int = 5,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Compute the split once from the data the configs describe and write it to ``path``.
+
+    ``kfold``: stratified grouped ``folds``-fold split. ``by_centre``: one fold per centre,
+    trained on the other centres and tested on it (both directions for two centres).
+    Returns the split as a dict with ``fold_names``.
+    """
+    from bus_mtl.data.check import check_data
+    from bus_mtl.data.splits import Split, by_centre_split, kfold_split
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: {protocol!r} is not one of {PROTOCOLS}")
+    dm = build_datamodule(configs, extra)
+    report = check_data(
+        dm.source, dm.image_size, dm.cache_dir, dm.dup_threshold, dm.num_workers or None
+    )
+    report.raise_if_errors()
+    samples, groups = report.samples, report.groups
+    if protocol == "kfold":
+        split = kfold_split(samples, groups, folds, dm.seed, dm.val_fraction, dm.dup_threshold)
+        names = [f"fold {k}" for k in range(folds)]
+    else:
+        centres = sorted({s.centre for s in samples})
+        if len(centres) < 2:
+            raise ValueError(
+                f"protocol by_centre needs data from at least two centres, got {centres}; "
+                "add a second source (e.g. UDIATSource) to data.sources"
+            )
+        parts = [
+            by_centre_split(samples, [c], groups, dm.seed, dm.val_fraction, dm.dup_threshold)
+            for c in centres
+        ]
+        split = Split(
+            "by_centre",
+            dm.seed,
+            len(parts),
+            dm.dup_threshold,
+            dm.val_fraction,
+            [p.folds[0] for p in parts],
+            [list(g) for g in groups],
+            centres,
+        )
+        names = [f"{'+'.join(x for x in centres if x != c)}→{c}" for c in centres]
+    split.save(path)
+    names_path = Path(path).with_name(Path(path).stem + "_names.json")
+    names_path.write_text(json.dumps(names))
+    return {"n_folds": len(split.folds), "fold_names": names}
+
+
+def fold_names_for(split_path: Path) -> list[str]:
+    names = Path(split_path).with_name(Path(split_path).stem + "_names.json")
+    if names.is_file():
+        return json.loads(names.read_text())
+    n = len(json.loads(Path(split_path).read_text())["folds"])
+    return [f"fold {k}" for k in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One fold
+
+
+@dataclass
+class FoldJob:
+    """Everything a fold's subprocesses need."""
+
+    configs: list[str]
+    split_path: Path
+    fold: int
+    folder: Path
+    seed: int
+    fold_name: str = ""
+    extra: list[str] = field(default_factory=list)
+    python: str = sys.executable
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+
+    def base_args(self, command: str) -> list[str]:
+        """``bus-mtl COMMAND`` arguments of this fold (without the program name)."""
+        args = [command]
+        for cfg in self.configs:
+            args += ["--config", cfg]
+        args += [
+            f"--seed_everything={self.seed}",
+            *self.extra,
+            "--data.split=file",
+            f"--data.split_file={Path(self.split_path).resolve()}",
+            f"--data.fold={self.fold}",
+        ]
+        return args
+
+    def to_json(self) -> str:
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> FoldJob:
+        data = json.loads(text)
+        for key in ("split_path", "folder", "cwd"):
+            if data.get(key) is not None:
+                data[key] = Path(data[key])
+        return cls(**data)
+
+
+def _cli(args: list[str]) -> None:
+    """One LightningCLI run inside the fold's process; output goes to the fold's log."""
+    from bus_mtl.cli.main import main as bus_mtl
+
+    print(f"\n$ {shlex.join(['bus-mtl', *args])}", flush=True)
+    code = bus_mtl(args)
+    if code != 0:
+        raise FoldFailed(f"bus-mtl {args[0]} exited with code {code}")
+
+
+def _find_last_ckpt(job: FoldJob, record: dict[str, Any]) -> Path | None:
+    candidates = []
+    if record.get("ckpt_dir"):
+        candidates.append(Path(record["ckpt_dir"]) / "last.ckpt")
+    candidates += sorted(job.folder.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)[::-1]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def fit_and_test(job: FoldJob) -> dict[str, Any]:
+    """Fit (or resume) and test one fold in this process; returns its ``metrics.json``.
+
+    Runs inside the fold's own subprocess (:func:`run_fold`), so both LightningCLI runs share
+    one interpreter start-up while folds stay isolated from each other.
+    """
+    folder = job.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    record_path = folder / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    start = time.perf_counter()
+
+    fit = record.get("fit", {})
+    ckpt = fit.get("best_model_path") or fit.get("last_model_path")
+    if not (ckpt and Path(ckpt).is_file()):
+        args = job.base_args("fit") + [
+            f"--trainer.default_root_dir={folder}",
+            f"--trainer.callbacks+={RECORDER}",
+            f"--trainer.callbacks.path={record_path}",
+        ]
+        last = _find_last_ckpt(job, record)
+        if last is not None:
+            args.append(f"--ckpt_path={last}")
+        _cli(args)
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        fit = record.get("fit", {})
+        ckpt = fit.get("best_model_path") or fit.get("last_model_path")
+        if not (ckpt and Path(ckpt).is_file()):
+            raise FoldFailed(
+                f"fold {job.fold}: fit finished without a checkpoint to test; the config "
+                "needs a ModelCheckpoint callback"
+            )
+    fit_seconds = time.perf_counter() - start
+
+    predictions = folder / "test_predictions.csv"
+    _cli(
+        job.base_args("test")
+        + [
+            f"--trainer.default_root_dir={folder / 'test'}",
+            "--trainer.logger=false",
+            f"--trainer.callbacks+={PREDICTIONS}",
+            f"--trainer.callbacks.path={predictions}",
+            f"--trainer.callbacks+={RECORDER}",
+            f"--trainer.callbacks.path={record_path}",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
+    record = json.loads(record_path.read_text())
+    if not record.get("test"):
+        raise FoldFailed(f"fold {job.fold}: test logged no metric")
+    if not predictions.is_file():
+        raise FoldFailed(f"fold {job.fold}: {predictions} was not written")
+    payload = {
+        "fold": job.fold,
+        "fold_name": job.fold_name or f"fold {job.fold}",
+        "seed": job.seed,
+        "metrics": record["test"],
+        "params": fit.get("params"),
+        "checkpoint": ckpt,
+        "best_model_score": fit.get("best_model_score"),
+        "monitor": fit.get("monitor"),
+        "epochs": fit.get("epochs"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "fit_seconds": round(fit_seconds, 1),
+    }
+    write_json(folder / "metrics.json", payload)
+    (folder / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    return payload
+
+
+def run_fold(job: FoldJob) -> dict[str, Any]:
+    """Run one fold in its own subprocess (log: ``fold_k/fold.log``) unless it is DONE."""
+    folder = job.folder
+    if not (folder / "DONE").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = folder / "job.json"
+        spec.write_text(job.to_json())
+        log = folder / "fold.log"
+        with open(log, "a") as fh:
+            proc = subprocess.run(
+                [job.python, "-m", "bus_mtl.experiments.cv", str(spec)],
+                cwd=job.cwd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=job.env,
+            )
+        if proc.returncode != 0 or not (folder / "DONE").is_file():
+            raise FoldFailed(f"fold {job.fold} failed (exit code {proc.returncode}); see {log}")
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def run_jobs(jobs: Sequence[FoldJob], parallel: int = 1) -> dict[int, str]:
+    """Run fold jobs, ``parallel`` at a time; returns ``{job index: error}`` for failures."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    errors: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        job = jobs[i]
+        label = f"{job.folder}"
+        if (job.folder / "DONE").is_file():
+            print(f"[cv] {label}: done earlier, skipped", flush=True)
+            return
+        print(f"[cv] {label}: running", flush=True)
+        try:
+            res = run_fold(job)
+            print(f"[cv] {label}: finished in {res['seconds']} s", flush=True)
+        except (FoldFailed, OSError, ValueError) as err:
+            errors[i] = str(err)
+            print(f"[cv] {label}: FAILED: {err}", file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(one, range(len(jobs))))
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole cv folder
+
+
+def fold_jobs(
+    configs: Sequence[str],
+    out: Path,
+    split_path: Path,
+    seed: int = 42,
+    extra: Sequence[str] = (),
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> list[FoldJob]:
+    """One job per fold of ``split_path``; fold k is seeded ``seed + k`` (same for every
+    variant, so a comparison differs only in the model)."""
+    names = fold_names_for(split_path)
+    return [
+        FoldJob(
+            configs=list(configs),
+            split_path=Path(split_path),
+            fold=k,
+            folder=Path(out) / f"fold_{k}",
+            seed=seed + k,
+            fold_name=name,
+            extra=list(extra),
+            cwd=cwd,
+            env=env,
+        )
+        for k, name in enumerate(names)
+    ]
+
+
+def record_inputs(out: Path, argv: Sequence[str] | None, jobs: Sequence[FoldJob]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if argv is not None:
+        (out / "command.txt").write_text(shlex.join(["bus-mtl", *argv]) + "\n")
+    seeds = {f"fold_{j.fold}": j.seed for j in jobs}
+    write_json(out / "seeds.json", seeds)
+
+
+def finish(out: Path) -> dict[str, Any]:
+    """Summary tables + the reliability diagram of the pooled out-of-fold probabilities."""
+    from bus_mtl.experiments.plots import reliability_diagram
+    from bus_mtl.experiments.results import TABLE_METRICS
+
+    payload = write_cv_summary(out, TABLE_METRICS)
+    cls = binary_rows(read_predictions(out))
+    if len(cls) and cls["label"].nunique() == 2:
+        reliability_diagram(
+            cls["label"].to_numpy(),
+            cls["prob"].to_numpy(dtype=float),
+            out / "reliability.png",
+            title=out.name,
+        )
+    return payload
+
+
+def run_cv(
+    configs: Sequence[str],
+    out: str | Path,
+    folds: int = 5,
+    extra: Sequence[str] = (),
+    parallel: int = 1,
+    protocol: str = "kfold",
+    seed: int = 42,
+    split_path: str | Path | None = None,
+    argv: Sequence[str] | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[dict[str, Any] | None, dict[int, str]]:
+    """Run (or resume) the cross-validation folder ``out``.
+
+    The split is ``split_path`` when given (``compare`` shares one between variants), else
+    ``OUT/split.json``, computed on the first call and reused by every later one.
+    Returns ``(summary payload or None if no fold finished, {fold: error})``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not configs:
+        raise ValueError("at least one --config is needed")
+    if split_path is None:
+        split_path = out / "split.json"
+        if not split_path.is_file():
+            make_split(configs, split_path, protocol, folds, extra)
+    jobs = fold_jobs(configs, out, Path(split_path), seed, extra, cwd, env)
+    record_inputs(out, argv, jobs)
+    errors = run_jobs(jobs, parallel)
+    done = [j for j in jobs if (j.folder / "DONE").is_file()]
+    payload = finish(out) if done else None
+    return payload, errors
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m bus_mtl.experiments.cv JOB.json``: the body of one fold's subprocess."""
+    job = FoldJob.from_json(Path(argv[0]).read_text())
+    sys.argv = sys.argv[:1]  # LightningCLI gets its args explicitly, not from argv
+    try:
+        fit_and_test(job)
+    except FoldFailed as err:
+        print(f"bus-mtl cv: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

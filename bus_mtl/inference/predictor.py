@@ -1,0 +1,192 @@
+"""Run an exported ONNX model on images with onnxruntime, numpy and OpenCV alone.
+
+Importing this module must not import torch, Lightning, MONAI, smp, albumentations or wandb:
+a deployment needs only ``onnxruntime``, ``numpy`` and ``opencv-python-headless``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bus_mtl.inference.metadata import (
+    INPUT_NAME,
+    LOGITS_OUTPUT,
+    MASK_OUTPUT,
+    METADATA_KEY,
+    ModelInfo,
+    sidecar_path,
+)
+from bus_mtl.inference.preprocess import (
+    class_probabilities,
+    mask_to_original,
+    preprocess,
+    read_image,
+    sigmoid,
+    to_gray,
+)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """The prediction for one image, at the image's original size.
+
+    Attributes:
+        mask: H×W uint8 in {0, 1}; ``None`` for classification-only models.
+        mask_prob: H×W float32 lesion probability; ``None`` for classification-only models.
+        probability: calibrated malignancy probability; ``None`` for segmentation-only models.
+        label: predicted class index (0 benign, 1 malignant, 2 normal); ``None`` without a
+            classification head.
+        class_name: name of ``label``.
+        class_probs: calibrated probability of every class name (K = 1: benign, malignant).
+        lesion_area: lesion pixels in ``mask``; ``None`` without a segmentation head.
+        lesion_found: ``lesion_area > 0``; ``None`` without a segmentation head.
+    """
+
+    mask: np.ndarray | None
+    mask_prob: np.ndarray | None
+    probability: float | None
+    label: int | None
+    class_name: str | None
+    class_probs: dict[str, float] | None
+    lesion_area: int | None
+    lesion_found: bool | None
+
+
+class BasePredictor:
+    """Pre/postprocessing shared by the ONNX :class:`Predictor` and the PyTorch predictor.
+
+    Subclasses implement :meth:`_run` (``N×C×S×S`` float32 -> mask logits ``N×1×S×S`` or
+    ``None``, class logits ``N×K`` or ``None``).
+    """
+
+    info: ModelInfo
+
+    def __init__(self, info: ModelInfo, threshold: float | None = None, tta: bool = False):
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+        self.info = info
+        self.threshold = info.threshold if threshold is None else float(threshold)
+        self.tta = bool(tta)
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        raise NotImplementedError
+
+    def predict(self, image: str | Path | np.ndarray, tta: bool | None = None) -> PredictionResult:
+        """Predict one image: a file path, or an array (H×W grey or H×W×3 RGB).
+
+        With ``tta`` (default: the predictor's setting) the image and its horizontal mirror
+        are both run and their probabilities averaged (the mirrored mask flipped back).
+
+        Raises:
+            ImageReadError: a path that cannot be read (the message names it).
+        """
+        gray = read_image(image) if isinstance(image, (str, Path)) else to_gray(image)
+        return self.predict_gray(gray, self.tta if tta is None else tta)
+
+    def predict_gray(self, gray: np.ndarray, tta: bool = False) -> PredictionResult:
+        """Predict an H×W uint8 grey image (the decoded file)."""
+        info = self.info
+        mask_logits, logits = self._run(preprocess(gray, info, hflip=tta))
+        mask = mask_prob = area = found = None
+        if info.has_seg:
+            if mask_logits is None:
+                raise RuntimeError("the model metadata says it segments but it gave no mask")
+            probs = sigmoid(mask_logits[:, 0])
+            if tta:
+                probs = np.stack([probs[0], probs[1][:, ::-1]])
+            mask_prob = mask_to_original(probs.mean(axis=0), gray.shape)
+            mask = (mask_prob > self.threshold).astype(np.uint8)
+            area = int(mask.sum())
+            found = area > 0
+        probability = label = class_name = class_probs = None
+        if info.has_cls:
+            if logits is None:
+                raise RuntimeError("the model metadata says it classifies but it gave no logits")
+            p = class_probabilities(logits, info.temperature).mean(axis=0)
+            probability = float(p[1])
+            # one threshold for mask and class decision, as in training's metrics
+            label = int(p.argmax()) if len(p) > 2 else int(probability > self.threshold)
+            class_name = info.class_names[label]
+            class_probs = {name: float(v) for name, v in zip(info.class_names, p)}
+        return PredictionResult(
+            mask=mask,
+            mask_prob=mask_prob,
+            probability=probability,
+            label=label,
+            class_name=class_name,
+            class_probs=class_probs,
+            lesion_area=area,
+            lesion_found=found,
+        )
+
+
+def read_onnx_info(session, model_path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` stored in an ONNX model, else in its sidecar JSON."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY in meta:
+        return ModelInfo.from_json(meta[METADATA_KEY], source=str(model_path))
+    sidecar = sidecar_path(model_path)
+    if sidecar.is_file():
+        return ModelInfo.from_json(sidecar.read_text(), source=str(sidecar))
+    raise ValueError(
+        f"{model_path}: no '{METADATA_KEY}' metadata and no sidecar {sidecar.name}; export the "
+        "model with 'bus-mtl export' so it carries its preprocessing facts"
+    )
+
+
+class Predictor(BasePredictor):
+    """Predict lesion masks and malignancy probabilities with an exported ONNX model.
+
+    Args:
+        model_path: ONNX file written by ``bus-mtl export --format onnx``.
+        threshold: decision threshold for mask pixels and, with K = 1, for malignancy
+            (default: the one stored at export, i.e. training's).
+        tta: average with the horizontal mirror by default.
+        num_threads: onnxruntime intra-op threads (``None``: onnxruntime's default).
+        providers: onnxruntime execution providers (default: CPU).
+
+    Example:
+        >>> result = Predictor("model.onnx").predict("scan.png")
+        >>> result.probability, result.lesion_area
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        threshold: float | None = None,
+        tta: bool = False,
+        num_threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"{model_path}: ONNX model not found")
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ValueError(f"{model_path}: not a loadable ONNX model: {err}") from err
+        self.model_path = model_path
+        super().__init__(read_onnx_info(self.session, model_path), threshold=threshold, tta=tta)
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        missing = set(self.info.output_names) - set(self._outputs)
+        if missing:
+            raise ValueError(f"{model_path}: outputs {sorted(missing)} missing from the graph")
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        out = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: batch})))
+        return out.get(MASK_OUTPUT), out.get(LOGITS_OUTPUT)
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.model_path)!r}, info={json.dumps(self.info.to_dict())})"

@@ -1,0 +1,114 @@
+"""Pre- and postprocessing with numpy and OpenCV only (no torch), identical to training.
+
+Decoding follows ``bus_mtl.data.io.read_image`` (any PNG mode to 8-bit grey) and resizing
+follows the training decode cache (``bus_mtl.data.io.resize_pair``): area interpolation when
+shrinking, bilinear otherwise. It is restated here rather than imported because
+``bus_mtl.data`` pulls in torch; ``tests/inference`` checks that both agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bus_mtl.inference.metadata import ModelInfo
+
+
+class ImageReadError(ValueError):
+    """An input image that cannot be read; the message names the file."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as H×W uint8 grey (RGB, RGBA, L, 1-bit, 16-bit all accepted).
+
+    Raises:
+        ImageReadError: the file is missing, empty, or not a decodable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if arr is None:
+        raise ImageReadError(f"{path}: unreadable or corrupt image file")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = cv2.normalize(arr, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if arr.ndim == 3:
+        code = {4: cv2.COLOR_BGRA2GRAY, 3: cv2.COLOR_BGR2GRAY}.get(arr.shape[2])
+        arr = cv2.cvtColor(arr, code) if code is not None else arr[..., 0]
+    return np.ascontiguousarray(arr)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """An in-memory image (H×W, H×W×1, RGB H×W×3 or RGBA H×W×4; uint8, bool or float in
+    [0, 1]) as H×W uint8 grey. Colour arrays are taken as RGB, as PIL and matplotlib give."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"expected an H×W or H×W×3/4 image array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 3:
+        code = cv2.COLOR_RGBA2GRAY if arr.shape[2] == 4 else cv2.COLOR_RGB2GRAY
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), code)
+    return np.ascontiguousarray(arr)
+
+
+def resize_image(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize H×W grey to size×size like the training cache: area when shrinking both sides,
+    bilinear otherwise."""
+    h, w = gray.shape
+    interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
+    return cv2.resize(gray, (size, size), interpolation=interp)
+
+
+def preprocess(gray: np.ndarray, info: ModelInfo, hflip: bool = False) -> np.ndarray:
+    """H×W uint8 grey -> 1×C×S×S float32 network input (``(x / 255 - mean) / std``).
+
+    With ``hflip`` the batch holds the image and its horizontal mirror (2×C×S×S).
+    """
+    img = resize_image(gray, info.image_size).astype(np.float32)
+    img = (img / np.float32(255.0) - np.float32(info.mean)) / np.float32(info.std)
+    batch = img[None, None]
+    if hflip:
+        batch = np.concatenate([batch, batch[..., ::-1]], axis=0)
+    return np.ascontiguousarray(np.repeat(batch, info.in_channels, axis=1), dtype=np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def class_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """B×K logits -> B×K' calibrated probabilities: K = 1 gives [p(benign), p(malignant)]
+    from ``sigmoid(logit / T)``; K = 3 gives ``softmax(logits / T)``."""
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if scaled.shape[-1] == 1:
+        p = sigmoid(scaled)
+        return np.concatenate([1.0 - p, p], axis=-1)
+    return softmax(scaled, axis=-1)
+
+
+def mask_to_original(mask_prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """S×S mask probability -> H×W float32 at the original image size (bilinear)."""
+    h, w = shape
+    prob = np.ascontiguousarray(mask_prob, dtype=np.float32)
+    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,55 @@
+"""The multi-task model zoo: SegResNet × EfficientNet schemes and smp comparators.
+
+Every variant is a plain ``nn.Module`` with a typed ``__init__(in_channels=1, num_classes=1,
+..., pretrained=None)`` (so ``class_path: bus_mtl.models.<Class>`` works in LightningCLI
+YAML), attributes ``has_seg``, ``has_cls``, ``size_divisor``, and ``forward(x)`` returning
+:class:`MTLOutput`. Build one by name with :func:`create`.
+"""
+
+from bus_mtl.models.base import MTLNet, PretrainedPart
+from bus_mtl.models.cross_stitch import CrossStitch, CrossStitchUnit
+from bus_mtl.models.efficientnet import EfficientNetOnly
+from bus_mtl.models.efficientnet_parts import VALID_MODEL_NAMES, prepare_for_export
+from bus_mtl.models.export import ExportWrapper, export_output_names, export_wrapper
+from bus_mtl.models.mask_guided import MaskGuidedCascade
+from bus_mtl.models.output import MTLOutput
+from bus_mtl.models.pretrained import count_parameters
+from bus_mtl.models.registry import (
+    BEST_VARIANT,
+    VARIANTS,
+    create,
+    list_variants,
+    variant_class,
+    variant_name,
+)
+from bus_mtl.models.seg_features_effnet import SegResNetEffNetFeatures
+from bus_mtl.models.segresnet import SegResNetOnly
+from bus_mtl.models.shared_encoder import SharedEncoder
+from bus_mtl.models.smp_comparators import SMPDeepLabV3Plus, SMPUnet
+
+__all__ = [
+    "BEST_VARIANT",
+    "VALID_MODEL_NAMES",
+    "VARIANTS",
+    "CrossStitch",
+    "CrossStitchUnit",
+    "EfficientNetOnly",
+    "ExportWrapper",
+    "MTLNet",
+    "MTLOutput",
+    "MaskGuidedCascade",
+    "PretrainedPart",
+    "SMPDeepLabV3Plus",
+    "SMPUnet",
+    "SegResNetEffNetFeatures",
+    "SegResNetOnly",
+    "SharedEncoder",
+    "count_parameters",
+    "create",
+    "export_output_names",
+    "export_wrapper",
+    "list_variants",
+    "prepare_for_export",
+    "variant_class",
+    "variant_name",
+]

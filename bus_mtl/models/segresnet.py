@@ -1,0 +1,90 @@
+"""SegResNet (MONAI) alone: the segmentation baseline, and the builder the others share."""
+
+from __future__ import annotations
+
+from monai.networks.nets import SegResNet
+from torch import Tensor
+
+from bus_mtl.models.base import MTLNet, check_probability
+from bus_mtl.models.output import MTLOutput
+from bus_mtl.models.pretrained import apply_pretrained
+
+# MONAI's default SegResNet: 4 resolution levels (strides 1, 2, 4, 8) with (1, 2, 2, 4)
+# residual blocks, channels init_filters × (1, 2, 4, 8).
+SEGRESNET_STRIDES = (1, 2, 4, 8)
+SEGRESNET_DIVISOR = 8
+
+
+def build_segresnet(in_channels: int, init_filters: int, dropout_prob: float | None) -> SegResNet:
+    """A 2-D MONAI SegResNet with one output channel (the lesion logit).
+
+    ``init_filters`` must be a positive multiple of 8: SegResNet normalises with
+    ``GroupNorm(num_groups=8)``.
+    """
+    if init_filters < 8 or init_filters % 8:
+        raise ValueError(
+            f"init_filters must be a positive multiple of 8 (SegResNet uses GroupNorm with "
+            f"8 groups), got {init_filters!r}"
+        )
+    check_probability("dropout_prob", dropout_prob)
+    return SegResNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=1,
+        init_filters=init_filters,
+        dropout_prob=dropout_prob,
+    )
+
+
+def segresnet_channels(init_filters: int) -> dict[int, int]:
+    """Stride -> channels of each SegResNet encoder stage (the last one is the bottleneck)."""
+    return {s: init_filters * s for s in SEGRESNET_STRIDES}
+
+
+class SegResNetOnly(MTLNet):
+    """MONAI SegResNet alone (registry name ``segresnet``): the segmentation baseline.
+
+    ::
+
+        x ─► SegResNet encoder ─► SegResNet decoder ─► mask
+                                                        (no class logits)
+
+    Shared: nothing (single task). Parameters at in_channels=1, num_classes=1,
+    init_filters=16: 1.58 M (0.39 M with MONAI's default 8).
+
+    ``init_filters=16`` is the default rather than MONAI's 8 (chosen for 3-D MRI, where
+    memory rules): in 2-D it costs 1.6 M parameters and 7.8 GFLOPs at 256² (8: 0.4 M,
+    about 2 GFLOPs), the same compute class as the smp U-Net comparator (5.8 M, 5.9
+    GFLOPs), so the comparison is not won or lost by width; it also doubles the width of
+    the shared features the multi-task variants hand to the classifier.
+
+    Args:
+        in_channels: image channels, 1 (grey) or 3.
+        num_classes: kept for a uniform signature; this variant has no class logits.
+        init_filters: SegResNet width (multiple of 8).
+        dropout_prob: dropout after SegResNet's first convolution, ``None`` for none.
+        pretrained: ``None`` or a checkpoint path of this variant.
+
+    Shapes: B×C×H×W (H, W multiples of 8) -> ``MTLOutput(mask=B×1×H×W, logits=None)``.
+    """
+
+    has_seg = True
+    has_cls = False
+    size_divisor = SEGRESNET_DIVISOR
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        init_filters: int = 16,
+        dropout_prob: float | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes)
+        self.store_init_args(locals())
+        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
+        apply_pretrained(self, pretrained)
+
+    def forward(self, x: Tensor) -> MTLOutput:
+        self.check_input(x)
+        return MTLOutput(mask=self.segresnet(x), logits=None)

@@ -1,0 +1,37 @@
+"""Training: ``MultiTaskModule``, losses, loss weighting, metrics, callbacks, checkpoints.
+
+Heavy imports (Lightning, MONAI) happen on first attribute access, so ``bus_mtl.training.load_net``
+and the losses can be imported without pulling in the whole training stack twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MultiTaskModule": "bus_mtl.training.module",
+    "load_net": "bus_mtl.training.checkpoint",
+    "load_checkpoint": "bus_mtl.training.checkpoint",
+    "FiniteLossGuard": "bus_mtl.training.callbacks",
+    "LoggedSaveConfigCallback": "bus_mtl.training.callbacks",
+    "PerImagePredictions": "bus_mtl.training.callbacks",
+    "TemperatureCalibration": "bus_mtl.training.calibration",
+    "ValidationImages": "bus_mtl.training.visualization",
+    "DiceBCELoss": "bus_mtl.training.losses",
+    "BCEClassLoss": "bus_mtl.training.losses",
+    "FocalLoss": "bus_mtl.training.losses",
+    "CrossEntropyClassLoss": "bus_mtl.training.losses",
+    "FixedWeighting": "bus_mtl.training.weighting",
+    "UncertaintyWeighting": "bus_mtl.training.weighting",
+    "SegmentationMetrics": "bus_mtl.training.metrics",
+    "ClassificationMetrics": "bus_mtl.training.metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bus_mtl.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,348 @@
+"""Segmentation and classification metrics as torchmetrics ``Metric``\\ s.
+
+Both metrics keep raw per-sample values in list states reduced with ``dist_reduce_fx="cat"``,
+so under DDP ``compute()`` sees every sample exactly once (Lightning's
+``DistributedSampler`` may repeat a few samples to even out the last batch; that is the
+sampler's doing, not the metric's). Means are taken in ``compute()``, never averaged across
+ranks.
+
+Segmentation: per-image Dice, IoU and HD95 (pixels) on the thresholded lesion mask.
+
+Empty-mask policy (images without a lesion: normal images, or an empty prediction):
+
+* target and prediction both empty -> Dice = IoU = 1 (a correct rejection); HD95 is not
+  applicable: NaN, left out of the HD95 mean;
+* exactly one of them empty (a missed lesion or a false detection) -> Dice = IoU = 0;
+  HD95 is undefined: NaN, left out of the HD95 mean and counted in ``hd95_undefined``,
+  the fraction of all images where this happened (so a model cannot improve its HD95 by
+  predicting nothing on hard images without it showing);
+* both non-empty -> the usual values; HD95 is the symmetric 95th-percentile Hausdorff
+  distance between the two mask contours in pixels, the same definition as MONAI's
+  ``compute_hausdorff_distance(percentile=95)`` (contour = mask XOR its binary erosion,
+  Euclidean distance, ``torch.quantile`` linear interpolation, maximum of both directions).
+
+Classification: AUC, accuracy, sensitivity, specificity, F1, balanced accuracy, ECE and
+Brier score for the malignant class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_calibration_error,
+    binary_stat_scores,
+)
+from torchmetrics.utilities import dim_zero_cat
+
+__all__ = [
+    "ClassificationMetrics",
+    "SegmentationMetrics",
+    "hd95",
+    "per_image_seg_metrics",
+]
+
+MALIGNANT = 1
+ECE_BINS = 15
+
+
+def _nanmean(x: Tensor) -> Tensor:
+    """Mean of the finite entries; NaN (without a warning) when there are none."""
+    finite = x[~torch.isnan(x)]
+    if finite.numel() == 0:
+        return torch.tensor(float("nan"), dtype=torch.float32, device=x.device)
+    return finite.float().mean()
+
+
+def _cat_state(state: list[Tensor] | Tensor, empty: Tensor) -> Tensor:
+    """A "cat" list state as one tensor: a list before ``compute()``'s DDP sync, already one
+    tensor after it, ``empty`` when nothing was added."""
+    if isinstance(state, Tensor):
+        return state
+    return dim_zero_cat(state) if state else empty
+
+
+def hd95(pred: np.ndarray, target: np.ndarray) -> float:
+    """Symmetric 95th-percentile Hausdorff distance in pixels between two H×W boolean masks.
+
+    Same definition as MONAI's ``compute_hausdorff_distance(percentile=95)``; NaN when either
+    mask is empty. Works on the bounding box of both masks (plus one pixel), which keeps it
+    fast on 256² images.
+    """
+    if not pred.any() or not target.any():
+        return float("nan")
+    rows = np.flatnonzero((pred | target).any(axis=1))
+    cols = np.flatnonzero((pred | target).any(axis=0))
+    # Crop with a 1-pixel margin; pixels outside the image count as background for the
+    # erosion, as in MONAI, so contours touching the border stay contours.
+    box = (
+        slice(max(rows[0] - 1, 0), rows[-1] + 2),
+        slice(max(cols[0] - 1, 0), cols[-1] + 2),
+    )
+    pred, target = pred[box], target[box]
+    edge_pred = pred ^ ndimage.binary_erosion(pred)
+    edge_target = target ^ ndimage.binary_erosion(target)
+    # Distance of every pixel to the nearest contour pixel of the other mask.
+    to_target = ndimage.distance_transform_edt(~edge_target)
+    to_pred = ndimage.distance_transform_edt(~edge_pred)
+    d_pred_to_target = torch.from_numpy(to_target[edge_pred])
+    d_target_to_pred = torch.from_numpy(to_pred[edge_target])
+    return float(
+        max(
+            torch.quantile(d_pred_to_target, 0.95),
+            torch.quantile(d_target_to_pred, 0.95),
+        )
+    )
+
+
+def per_image_seg_metrics(
+    mask_logits: Tensor,
+    target: Tensor,
+    threshold: float = 0.5,
+    include_background: bool = False,
+) -> dict[str, Tensor]:
+    """Per-image segmentation metrics under the module's empty-mask policy.
+
+    Args:
+        mask_logits: B×1×H×W lesion logits; the prediction is ``sigmoid(logits) > threshold``.
+        target: B×1×H×W ground-truth mask in {0, 1}.
+        threshold: probability threshold.
+        include_background: also score the background (1 - mask) and report the mean of the
+            background and lesion Dice / IoU. HD95 is always the lesion contour's (the
+            background's contour is the lesion's plus the image frame).
+
+    Returns:
+        float32 tensors of shape (B,) on the input's device: ``dice``, ``iou``, ``hd95``
+        (NaN where not defined), ``mask_area`` (predicted lesion pixels) and
+        ``target_area`` (ground-truth lesion pixels).
+    """
+    if mask_logits.ndim != 4 or mask_logits.shape[1] != 1:
+        raise ValueError(f"expected mask logits of shape B×1×H×W, got {tuple(mask_logits.shape)}.")
+    if target.shape != mask_logits.shape:
+        raise ValueError(
+            f"mask target shape {tuple(target.shape)} does not match the mask logits "
+            f"{tuple(mask_logits.shape)}."
+        )
+    pred = torch.sigmoid(mask_logits.detach().float()) > threshold
+    true = target.detach() > 0.5
+    dice, iou = _dice_iou(pred, true)
+    if include_background:
+        dice_bg, iou_bg = _dice_iou(~pred, ~true)
+        dice, iou = (dice + dice_bg) / 2, (iou + iou_bg) / 2
+    pred_np = pred[:, 0].cpu().numpy()
+    true_np = true[:, 0].cpu().numpy()
+    hd = torch.tensor([hd95(p, t) for p, t in zip(pred_np, true_np)], dtype=torch.float32).to(
+        mask_logits.device
+    )
+    return {
+        "dice": dice,
+        "iou": iou,
+        "hd95": hd,
+        "mask_area": pred.flatten(1).sum(1).float(),
+        "target_area": true.flatten(1).sum(1).float(),
+    }
+
+
+def _dice_iou(pred: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image Dice and IoU of boolean B×1×H×W masks; 1 when both are empty."""
+    inter = (pred & true).flatten(1).sum(1).float()
+    p = pred.flatten(1).sum(1).float()
+    t = true.flatten(1).sum(1).float()
+    union = p + t - inter
+    both_empty = union == 0
+    dice = torch.where(both_empty, 1.0, 2 * inter / (p + t).clamp(min=1))
+    iou = torch.where(both_empty, 1.0, inter / union.clamp(min=1))
+    return dice, iou
+
+
+class SegmentationMetrics(Metric):
+    """Per-image mean Dice, IoU and HD95 (pixels) of a lesion mask; see the module docstring
+    for the empty-mask policy.
+
+    ``update(mask_logits: B×1×H×W, target: B×1×H×W)`` takes logits (the prediction is
+    ``sigmoid(logits) > threshold``). ``compute()`` returns ``{"dice", "iou", "hd95",
+    "hd95_undefined"}``: means over images (HD95 over the images where it is defined) and the
+    fraction of images with exactly one empty mask. ``accumulated()`` returns the
+    accumulated per-image values, ``last_per_image`` those of the latest ``update`` (what
+    ``test_step`` can return without computing HD95 twice), and the static
+    ``SegmentationMetrics.per_image(mask_logits, target, threshold)`` those of one batch.
+
+    Args:
+        threshold: probability threshold in (0, 1).
+        include_background: also average the background's Dice / IoU in (see
+            ``per_image_seg_metrics``).
+        kwargs: torchmetrics ``Metric`` options (``compute_on_cpu``, ``sync_on_compute``, ...).
+    """
+
+    is_differentiable = False
+    higher_is_better = None  # Dice/IoU higher, HD95 lower
+    full_state_update = False
+
+    _keys = ("dice", "iou", "hd95", "mask_area", "target_area")
+
+    def __init__(
+        self, threshold: float = 0.5, include_background: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
+        self.threshold = threshold
+        self.include_background = include_background
+        for key in self._keys:
+            self.add_state(key, default=[], dist_reduce_fx="cat")
+        self.last_per_image: dict[str, Tensor] | None = None
+
+    def update(self, mask_logits: Tensor, target: Tensor) -> None:
+        values = per_image_seg_metrics(mask_logits, target, self.threshold, self.include_background)
+        for key in self._keys:
+            getattr(self, key).append(values[key])
+        self.last_per_image = values
+
+    @staticmethod
+    def per_image(
+        mask_logits: Tensor,
+        target: Tensor,
+        threshold: float = 0.5,
+        include_background: bool = False,
+    ) -> dict[str, Tensor]:
+        """Per-image values of one batch without touching the state; see
+        ``per_image_seg_metrics`` (takes logits, like ``update``)."""
+        return per_image_seg_metrics(mask_logits, target, threshold, include_background)
+
+    def accumulated(self) -> dict[str, Tensor]:
+        """All per-image values accumulated so far (this process's until ``compute()``
+        syncs), each of shape (N,), keys as ``per_image_seg_metrics``."""
+        return {key: self._cat(key) for key in self._keys}
+
+    def _cat(self, key: str) -> Tensor:
+        return _cat_state(getattr(self, key), torch.zeros(0, device=self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        values = self.accumulated()
+        n = values["dice"].numel()
+        if n == 0:
+            nan = torch.tensor(float("nan"), device=self.device)
+            return {
+                "dice": nan,
+                "iou": nan.clone(),
+                "hd95": nan.clone(),
+                "hd95_undefined": nan.clone(),
+            }
+        one_empty = (values["mask_area"] == 0) ^ (values["target_area"] == 0)
+        return {
+            "dice": values["dice"].mean(),
+            "iou": values["iou"].mean(),
+            "hd95": _nanmean(values["hd95"]),
+            "hd95_undefined": one_empty.float().mean(),
+        }
+
+
+class ClassificationMetrics(Metric):
+    """Malignancy classification metrics: AUC, accuracy, sensitivity, specificity, F1,
+    balanced accuracy, ECE (15 equal-width bins, L1) and Brier score.
+
+    ``update(logits: B×K, labels: B long)`` takes logits: probabilities are
+    ``sigmoid`` (K = 1) or ``softmax`` (K > 1) of them; divide the logits by the fitted
+    temperature first to score calibrated probabilities. Samples with label -1 are skipped.
+
+    * K = 1: positive = malignant (label 1); predicted malignant when ``p > threshold``.
+    * K = 3 (benign, malignant, normal): ``acc`` is the 3-class accuracy of the argmax;
+      every other metric is one-vs-rest for the malignant class, with ``p = P(malignant)``
+      for AUC, ECE and Brier and "predicted malignant" = argmax is malignant (``threshold`` is
+      not used).
+
+    ECE and Brier are those of ``P(malignant)`` against the 0/1 malignant indicator
+    (``binary_calibration_error``: ``sum_bins |mean(y) - mean(p)| * n_bin / n``).
+    Undefined values are NaN, never 0: AUC with a single class present, sensitivity
+    without malignant samples, specificity without non-malignant ones, F1 when there are
+    neither malignant samples nor malignant predictions, and everything without samples.
+
+    Args:
+        num_classes: K, the number of logits (1, or 3 with ``normal="class"``).
+        threshold: probability threshold for K = 1, in (0, 1).
+        kwargs: torchmetrics ``Metric`` options (``compute_on_cpu``, ``sync_on_compute``, ...).
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, num_classes: int = 1, threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_classes == 2 or num_classes < 1:
+            raise ValueError(
+                f"num_classes must be 1 (benign/malignant, one logit) or >= 3, got {num_classes}."
+            )
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
+        self.num_classes = num_classes
+        self.threshold = threshold
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        k = self.num_classes
+        if logits.ndim == 1 and k == 1:
+            logits = logits[:, None]
+        if logits.ndim != 2 or logits.shape[1] != k:
+            raise ValueError(
+                f"expected logits of shape B×{k} (num_classes={k}), got {tuple(logits.shape)}."
+            )
+        if labels.shape != logits.shape[:1]:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} do not match {logits.shape[0]} logits."
+            )
+        valid = labels != -1
+        labels = labels[valid].long()
+        top = 1 if k == 1 else k - 1
+        bad = (labels < 0) | (labels > top)
+        if bad.any():
+            raise ValueError(
+                f"labels must be in 0..{top} or -1 (ignored) for num_classes={k}, got "
+                f"{sorted({int(v) for v in labels[bad].tolist()})}."
+            )
+        logits = logits[valid].detach().float()
+        probs = torch.sigmoid(logits) if k == 1 else torch.softmax(logits, dim=1)
+        self.probs.append(probs)
+        self.labels.append(labels)
+
+    def compute(self) -> dict[str, Tensor]:
+        names = ("auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc", "ece", "brier")
+        probs = _cat_state(self.probs, torch.zeros(0, self.num_classes, device=self.device))
+        labels = _cat_state(self.labels, torch.zeros(0, dtype=torch.long, device=self.device))
+        nan = float("nan")
+        if labels.numel() == 0:
+            return {name: torch.tensor(nan, device=self.device) for name in names}
+        probs = probs.reshape(-1, self.num_classes)
+        y = (labels == MALIGNANT).long()
+        if self.num_classes == 1:
+            p = probs[:, 0]
+            hard = (p > self.threshold).long()
+            acc = (hard == y).float().mean()
+        else:
+            p = probs[:, MALIGNANT].contiguous()
+            argmax = probs.argmax(dim=1)
+            hard = (argmax == MALIGNANT).long()
+            acc = (argmax == labels).float().mean()
+        tp, fp, tn, fn, _ = binary_stat_scores(hard, y).float().unbind()
+        sens = tp / (tp + fn) if tp + fn > 0 else torch.tensor(nan)
+        spec = tn / (tn + fp) if tn + fp > 0 else torch.tensor(nan)
+        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else torch.tensor(nan)
+        auc = binary_auroc(p, y) if 0 < int(y.sum()) < y.numel() else torch.tensor(nan)
+        out = {
+            "auc": auc,
+            "acc": acc,
+            "sensitivity": sens,
+            "specificity": spec,
+            "f1": f1,
+            "balanced_acc": (sens + spec) / 2,
+            "ece": binary_calibration_error(p, y, n_bins=ECE_BINS, norm="l1"),
+            "brier": ((p - y.float()) ** 2).mean(),
+        }
+        return {k: torch.as_tensor(v, dtype=torch.float32).to(self.device) for k, v in out.items()}

@@ -1,0 +1,97 @@
+"""``bus-mtl main``: data detection, the CPU/GPU recipes, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+
+from bus_mtl.cli import main_job
+from bus_mtl.training import load_net
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return main_job._parser().parse_args(list(argv))
+
+
+def flag(args: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    return value
+
+
+def test_cpu_recipe_is_reduced_and_prints_the_gpu_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
+    args, recipe, notes = main_job.build_args(parse("--accelerator", "cpu"))
+    assert flag(args, "data.image_size") == "128" and flag(args, "trainer.max_epochs") == "8"
+    assert flag(args, "trainer.precision") == "32"
+    assert "synthetic" in notes[0] and "no BUSI found" in notes[0]
+    assert "CPU-sized run" in notes[1] and "--trainer.accelerator gpu" in notes[1]
+    assert any(a.endswith("variants/seg_features_effnet.yaml") for a in args)
+
+
+def test_gpu_recipe_and_overrides(monkeypatch, tmp_path):
+    monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
+    args, recipe, notes = main_job.build_args(parse("--accelerator", "gpu", "--max-epochs", "7"))
+    assert flag(args, "data.image_size") == "256" and flag(args, "trainer.max_epochs") == "7"
+    assert flag(args, "trainer.precision") == "bf16-mixed"
+    assert len(notes) == 1  # no CPU warning
+
+
+def test_busi_found_through_the_environment(monkeypatch, tmp_path):
+    busi = tmp_path / "busi"
+    (busi / "Dataset_BUSI_with_GT").mkdir(parents=True)
+    monkeypatch.setenv("BUS_MTL_DATA", str(busi))
+    args, _, notes = main_job.build_args(parse("--accelerator", "cpu"))
+    assert f"using BUSI at {busi}" in notes[0]
+    assert flag(args, "data.sources.init_args.root") == str(busi)
+    assert any(a.endswith("data/busi.yaml") for a in args)
+    # --data synthetic wins over a BUSI folder; --data busi without one is an error.
+    _, _, notes = main_job.build_args(parse("--accelerator", "cpu", "--data", "synthetic"))
+    assert "synthetic" in notes[0]
+    monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="no BUSI folder"):
+        main_job.build_args(parse("--data", "busi"))
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    code = main_job.main(
+        [
+            "--data",
+            "synthetic",
+            "--synthetic-n",
+            "32",
+            "--image-size",
+            "64",
+            "--max-epochs",
+            "1",
+            "--accelerator",
+            "cpu",
+            "--limit-batches",
+            "1",
+            "--root",
+            str(tmp_path / "runs"),
+        ]
+    )
+    import wandb
+
+    wandb.finish()
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "synthetic phantom set" in out and "CPU-sized run" in out
+    lines = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+        for line in out.splitlines()
+        if " : " in line
+    }
+    best = Path(lines["best checkpoint"].split("  (")[0])
+    assert best.is_file()
+    assert Path(lines["metrics CSV"]).is_file()
+    assert "wandb sync" in out and "test/dice" in out
+    net, meta = load_net(best)
+    assert meta["variant"] == "seg_features_effnet" and meta["image_size"] == 64
+    assert os.path.isdir(lines["W&B run (offline)"])

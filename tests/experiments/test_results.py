@@ -1,0 +1,149 @@
+"""Aggregation, pooled metrics, tables and plots from hand-made fold folders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bus_mtl.experiments.compare import join_predictions, write_comparison
+from bus_mtl.experiments.results import (
+    format_mean_std,
+    pooled_metrics,
+    read_fold_metrics,
+    reliability_bins,
+    summarize_folds,
+    write_cv_summary,
+)
+
+
+def make_fold(root, k, metrics, preds, params=1000):
+    d = root / f"fold_{k}"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(
+        json.dumps({"fold": k, "fold_name": f"fold {k}", "metrics": metrics, "params": params})
+    )
+    pd.DataFrame(preds).to_csv(d / "test_predictions.csv", index=False)
+    (d / "DONE").write_text("")
+
+
+def preds(ids, labels, probs, dice):
+    return {
+        "id": ids,
+        "centre": ["busi"] * len(ids),
+        "label": labels,
+        "prob": probs,
+        "dice": dice,
+        "iou": dice,
+        "hd95": [3.0] * len(ids),
+        "mask_area": [10] * len(ids),
+    }
+
+
+@pytest.fixture
+def cv_folder(tmp_path):
+    out = tmp_path / "cv"
+    make_fold(
+        out,
+        0,
+        {"test/dice": 0.70, "test/auc": 0.90, "test/loss": 0.3},
+        preds(["a", "b", "c"], [1, 0, 0], [0.9, 0.2, 0.6], [0.7, 0.8, math.nan]),
+    )
+    make_fold(
+        out,
+        1,
+        {"test/dice": 0.80, "test/auc": 1.00, "test/loss": 0.1},
+        preds(["d", "e", "f"], [1, 1, 0], [0.4, 0.7, 0.1], [0.6, 0.9, 0.5]),
+    )
+    return out
+
+
+def test_mean_std_over_folds_by_hand(cv_folder):
+    per_fold = read_fold_metrics(cv_folder)
+    assert list(per_fold["fold"]) == [0, 1]
+    s = summarize_folds(per_fold)
+    assert s.loc["dice", "mean"] == pytest.approx(0.75)
+    # sample std of (0.70, 0.80): sqrt((0.05^2 + 0.05^2) / 1) = 0.0707...
+    assert s.loc["dice", "std"] == pytest.approx(math.sqrt(0.005))
+    assert s.loc["auc", "fold_1"] == pytest.approx(1.0)
+    assert s.loc["params", "mean"] == 1000
+
+
+def test_pooled_metrics_by_hand(cv_folder):
+    payload = write_cv_summary(cv_folder)
+    pooled = payload["pooled"]
+    # positives a .9, d .4, e .7; negatives b .2, c .6, f .1 -> pairs won: 3 + 2 + 3 = 8/9
+    assert pooled["auc"] == pytest.approx(8 / 9)
+    # threshold 0.5: TP a, e; FN d; FP c; TN b, f
+    assert pooled["sensitivity"] == pytest.approx(2 / 3)
+    assert pooled["specificity"] == pytest.approx(2 / 3)
+    assert pooled["acc"] == pytest.approx(4 / 6)
+    assert pooled["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert pooled["dice"] == pytest.approx(np.mean([0.7, 0.8, 0.6, 0.9, 0.5]))
+    for name in ("summary.csv", "summary.md", "summary.json"):
+        assert (cv_folder / name).is_file()
+    md = (cv_folder / "summary.md").read_text()
+    assert "75.00 ± 7.07" in md
+    assert json.loads((cv_folder / "summary.json").read_text())["metrics"]["dice"]["n"] == 2
+
+
+def test_reliability_bins_by_hand():
+    y = np.array([0, 1, 1, 1])
+    p = np.array([0.05, 0.15, 0.95, 0.85])
+    b = reliability_bins(y, p, n_bins=10)
+    assert b["count"][0] == 1 and b["count"][1] == 1 and b["count"][8] == 1
+    # bins: [0,.1) conf .05 freq 0; [.1,.2) .15 vs 1; [.8,.9) .85 vs 1; [.9,1] .95 vs 1
+    ece = (0.05 + 0.85 + 0.15 + 0.05) / 4
+    assert b["ece"] == pytest.approx(ece)
+    assert pooled_metrics(pd.DataFrame({"label": y, "prob": p}))["ece"] == pytest.approx(ece)
+
+
+def test_format_mean_std():
+    assert format_mean_std(0.8119, 0.012, "dice") == "81.19 ± 1.20"
+    assert format_mean_std(12.345, math.nan, "hd95") == "12.35"
+    assert format_mean_std(4_100_000, 0, "params") == "4.10M"
+
+
+def test_comparison_table_statistics_and_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"busi/img{i}" for i in range(40)]
+    labels = np.array([1] * 15 + [0] * 25)
+    strong = labels * 0.6 + rng.uniform(0, 0.4, 40)
+    weak = rng.uniform(0, 1, 40)
+    folders = {}
+    for name, probs, dice in (
+        ("good", strong, rng.uniform(0.7, 0.9, 40)),
+        ("poor", weak, rng.uniform(0.3, 0.6, 40)),
+    ):
+        vdir = tmp_path / name
+        for k in range(2):
+            part = slice(20 * k, 20 * (k + 1))
+            make_fold(
+                vdir,
+                k,
+                {"test/dice": float(dice[part].mean()), "test/auc": 0.9 if name == "good" else 0.5},
+                preds(ids[part], labels[part], probs[part], dice[part]),
+            )
+        folders[("kfold", name)] = vdir
+    table = write_comparison(tmp_path, folders)
+    good = table.set_index("variant").loc["good"]
+    poor = table.set_index("variant").loc["poor"]
+    assert good["dice_ref"] == "good" and good["auc_ref"] == "good"
+    assert poor["p_dice_wilcoxon"] < 1e-4  # every image's Dice is higher for "good"
+    assert poor["p_auc_delong"] < 0.01
+    assert poor["delta_auc_pooled"] < 0
+    for name in ("compare.csv", "compare.md", "compare.json", "compare.png", "per_image.csv"):
+        assert (tmp_path / name).is_file(), name
+    joined = pd.read_csv(tmp_path / "per_image.csv")
+    assert len(joined) == 40 and {"prob_good", "prob_poor", "dice_good"} <= set(joined.columns)
+    assert "| ref |" in (tmp_path / "compare.md").read_text()
+
+
+def test_join_predictions_aligns_by_id():
+    a = pd.DataFrame({"id": ["x", "y"], "label": [1, 0], "fold": [0, 0], "prob": [0.9, 0.1]})
+    b = pd.DataFrame({"id": ["y", "x"], "label": [0, 1], "fold": [0, 0], "prob": [0.3, 0.6]})
+    j = join_predictions({("kfold", "a"): a, ("kfold", "b"): b}).set_index("id")
+    assert j.loc["x", "prob_a"] == 0.9 and j.loc["x", "prob_b"] == 0.6

@@ -1,0 +1,249 @@
+"""MultiTaskModule: logged names, single-task heads, per-image test values, predict, checkpoint
+metadata and the ``load_net`` round trip, on a tiny in-process fit over the phantom set."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from bus_mtl.data import BUSDataModule, SyntheticSource
+from bus_mtl.models import EfficientNetOnly, SegResNetOnly, SharedEncoder
+from bus_mtl.training import load_net
+from bus_mtl.training.callbacks import PER_IMAGE_COLUMNS, PerImagePredictions
+from bus_mtl.training.checkpoint import load_checkpoint, net_config
+from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss
+from bus_mtl.training.module import MultiTaskModule, malignancy_probability, warmup_cosine
+from bus_mtl.training.weighting import UncertaintyWeighting
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+SEG_METRICS = {"dice", "iou", "hd95"}
+CLS_METRICS = {"auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc", "ece", "brier"}
+
+
+def make_datamodule(root: Path, batch_size: int = 6) -> BUSDataModule:
+    return BUSDataModule(
+        SyntheticSource(n=32, image_size=64, seed=0, root=root),
+        image_size=64,
+        batch_size=batch_size,
+        n_folds=4,
+        val_fraction=0.25,
+        augmentation="light",
+    )
+
+
+def make_trainer(root: Path, max_epochs: int = 1, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        logger=CSVLogger(root, name="csv"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic=True,
+        **kwargs,
+    )
+
+
+def tiny_net(cls=SharedEncoder, **kwargs):
+    """A small variant that records its init args (as LightningCLI-built nets are recorded)."""
+    if cls is not EfficientNetOnly:
+        kwargs.setdefault("init_filters", 8)
+    if cls is SharedEncoder:
+        kwargs.setdefault("hidden_dim", 16)
+    net = cls(**kwargs)
+    net.init_args = dict(kwargs)
+    return net
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, synthetic_root):
+    """One epoch of SharedEncoder (both heads) + test with per-image CSV."""
+    root = tmp_path_factory.mktemp("module_fit")
+    pl.seed_everything(3)
+    module = MultiTaskModule(tiny_net(), weighting=UncertaintyWeighting())
+    ckpt = ModelCheckpoint(dirpath=root / "ckpt", monitor="val/score", mode="max", save_last=True)
+    per_image = PerImagePredictions(str(root / "per_image.csv"))
+    trainer = make_trainer(root, callbacks=[ckpt, per_image])
+    dm = make_datamodule(synthetic_root)
+    trainer.fit(module, datamodule=dm)
+    results = trainer.test(module, datamodule=dm)
+    return {
+        "root": root,
+        "module": module,
+        "trainer": trainer,
+        "dm": dm,
+        "ckpt": ckpt,
+        "results": results[0],
+        "metrics": pd.read_csv(Path(trainer.logger.log_dir) / "metrics.csv"),
+    }
+
+
+def test_logged_names_follow_the_contract(fitted):
+    columns = set(fitted["metrics"].columns)
+    for stage in ("train", "val"):
+        expected = {f"{stage}/{n}" for n in SEG_METRICS | CLS_METRICS | {"score"}}
+        assert expected <= columns, expected - columns
+    assert {"train/loss_step", "train/loss_seg_step", "train/loss_cls_step"} <= columns
+    assert {"train/w_seg", "train/w_cls", "val/loss", "val/loss_seg", "val/loss_cls"} <= columns
+    expected_test = {f"test/{n}" for n in SEG_METRICS | CLS_METRICS | {"loss", "loss_seg"}}
+    assert expected_test <= set(fitted["results"])
+
+
+def test_uncertainty_weights_are_logged_as_exp_minus_log_var(fitted):
+    # The last logged effective weight is exp(-s) of s after the step before it; the log_vars
+    # were updated by that step only by an AdamW step of at most ~lr, so the weight stays ~1.
+    w = fitted["metrics"]["train/w_seg"].dropna()
+    assert len(w) == 3  # 18 training images / batch 6
+    assert w.iloc[0] == pytest.approx(1.0)  # s = 0 at the first step
+    module = fitted["module"]
+    s = float(module.weighting.log_vars["seg"].detach())
+    assert s != 0.0  # the weighting parameters are trained
+
+
+def test_val_score_is_mean_of_dice_and_auc(fitted):
+    val = fitted["metrics"].dropna(subset=["val/score"]).iloc[-1]
+    assert val["val/score"] == pytest.approx((val["val/dice"] + val["val/auc"]) / 2, abs=1e-6)
+
+
+def test_per_image_csv_matches_test_metrics(fitted):
+    rows = pd.read_csv(fitted["root"] / "per_image.csv")
+    assert list(rows.columns) == list(PER_IMAGE_COLUMNS)
+    assert len(rows) == len(fitted["dm"].datasets["test"]) == rows["id"].nunique()
+    # The contract's test/dice is the mean of the per-image Dice.
+    assert rows["dice"].mean() == pytest.approx(fitted["results"]["test/dice"], abs=1e-4)
+    assert set(rows["label"]) <= {0, 1}
+    assert rows["prob"].between(0, 1).all()
+    assert (rows["mask_area"] >= 0).all()
+
+
+def test_checkpoint_metadata_and_load_net_round_trip(fitted):
+    path = fitted["ckpt"].last_model_path
+    meta = load_checkpoint(path)["bus_mtl"]
+    dm, module = fitted["dm"], fitted["module"]
+    assert meta["variant"] == "shared_encoder"
+    assert meta["net_class_path"] == "bus_mtl.models.shared_encoder.SharedEncoder"
+    assert meta["net_init_args"]["init_filters"] == 8
+    assert meta["net_init_args"]["hidden_dim"] == 16
+    assert meta["in_channels"] == 1 and meta["num_classes"] == 1
+    assert meta["image_size"] == 64
+    assert meta["normalization"] == dm.normalization
+    assert meta["class_names"] == ["benign", "malignant"]
+    assert meta["threshold"] == 0.5 and meta["temperature"] == 1.0
+
+    net, meta2 = load_net(path)
+    assert meta2 == meta and not net.training
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    with torch.no_grad():
+        expected = module.net(batch["image"])
+        got = net(batch["image"])
+    torch.testing.assert_close(got.mask, expected.mask)
+    torch.testing.assert_close(got.logits, expected.logits)
+
+
+def test_load_net_rejects_a_foreign_checkpoint(tmp_path):
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="plain.ckpt.*bus_mtl"):
+        load_net(path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_net(tmp_path / "missing.ckpt")
+
+
+def test_predict_step_applies_temperature(fitted):
+    module, dm = fitted["module"], fitted["dm"]
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    module.temperature.fill_(2.0)
+    try:
+        with torch.no_grad():
+            out = module.predict_step(batch, 0)
+            logits = module.net(batch["image"]).logits
+    finally:
+        module.temperature.fill_(1.0)
+    assert out["id"] == list(batch["id"])
+    assert out["mask_prob"].shape == batch["mask"].shape
+    torch.testing.assert_close(out["prob"], torch.sigmoid(logits[:, 0] / 2.0))
+
+
+@pytest.mark.parametrize(
+    ("cls", "has_seg", "has_cls"),
+    [(SegResNetOnly, True, False), (EfficientNetOnly, False, True)],
+)
+def test_single_task_nets_log_only_their_head(tmp_path, synthetic_root, cls, has_seg, has_cls):
+    pl.seed_everything(0)
+    module = MultiTaskModule(tiny_net(cls))
+    assert (module.seg_loss is not None) == has_seg
+    assert (module.cls_loss is not None) == has_cls
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, datamodule=make_datamodule(synthetic_root))
+    logged = set(trainer.callback_metrics)
+    assert ("val/dice" in logged) == has_seg
+    assert ("val/auc" in logged) == has_cls
+    assert ("val/loss_seg" in logged) == has_seg
+    assert ("val/loss_cls" in logged) == has_cls
+    assert "val/score" in logged
+    assert ("train/w_cls" in logged) == has_cls
+
+
+def test_default_losses_follow_num_classes():
+    assert isinstance(MultiTaskModule(tiny_net()).cls_loss, BCEClassLoss)
+    three = MultiTaskModule(tiny_net(num_classes=3))
+    assert isinstance(three.cls_loss, CrossEntropyClassLoss)
+    assert isinstance(three.seg_loss, DiceBCELoss)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="threshold"):
+        MultiTaskModule(tiny_net(), threshold=1.5)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        MultiTaskModule(tiny_net(), warmup_epochs=-1)
+
+
+def test_net_config_reads_init_args_outside_the_cli():
+    net = EfficientNetOnly(model_name="efficientnet-b1")
+    config = net_config(net)  # every argument is an attribute or at its default
+    assert config["class_path"] == "bus_mtl.models.efficientnet.EfficientNetOnly"
+    assert config["init_args"]["model_name"] == "efficientnet-b1"
+    assert config["init_args"]["pretrained"] is None
+    net.init_args = {"model_name": "efficientnet-b1"}
+    assert net_config(net)["init_args"] == {"model_name": "efficientnet-b1"}
+
+
+def test_net_config_warns_when_args_cannot_be_recovered():
+    with pytest.warns(UserWarning, match="init arguments cannot be read back"):
+        net_config(SharedEncoder(init_filters=8))
+
+
+def test_warmup_cosine_schedule_by_hand():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01)  # warmup starts at 1 %
+    assert lrs[1] == pytest.approx(0.01 + 0.99 / 2)
+    assert lrs[2] == pytest.approx(1.0)  # cosine from the peak
+    # cos decay: step 2 + k of 8 -> 0.5 (1 + cos(pi k / 8))
+    assert lrs[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+
+
+def test_malignancy_probability_for_one_and_three_logits():
+    logit = torch.tensor([[0.0], [2.0]])
+    torch.testing.assert_close(malignancy_probability(logit), torch.sigmoid(logit[:, 0]))
+    three = torch.tensor([[0.0, 0.0, 0.0], [0.0, math.log(2.0), 0.0]])
+    torch.testing.assert_close(malignancy_probability(three), torch.tensor([1 / 3, 0.5]))
