@@ -44,6 +44,7 @@ from bus_mtl.experiments.results import (
 )
 from bus_mtl.experiments.stats import delong_test, paired_bootstrap_auc, paired_wilcoxon
 
+BOOTSTRAP_RESAMPLES = 2000
 HEADERS = {
     "dice": "Dice (%)",
     "iou": "IoU (%)",
@@ -152,7 +153,9 @@ def _significance(frames: dict[str, pd.DataFrame], table: pd.DataFrame) -> pd.Da
                 if v != best_auc and j["label"].nunique() == 2:
                     y = j["label"].to_numpy(dtype=int)
                     dl = delong_test(y, j["prob"].to_numpy(), j["prob_b"].to_numpy())
-                    bs = paired_bootstrap_auc(y, j["prob"].to_numpy(), j["prob_b"].to_numpy())
+                    bs = paired_bootstrap_auc(
+                        y, j["prob"].to_numpy(), j["prob_b"].to_numpy(), BOOTSTRAP_RESAMPLES
+                    )
                     row["p_auc_delong"] = dl.p_value
                     row["p_auc_bootstrap"] = bs.p_value
                     row["delta_auc_pooled"] = dl.difference
@@ -244,6 +247,8 @@ def _fmt_p(p: float, variant: str, table: pd.DataFrame, i: int, col: str) -> str
         return "ref"
     if p is None or not isinstance(p, (float, int)) or not math.isfinite(p):
         return "—"
+    if p == 0 and "bootstrap" in col:
+        return f"< {1 / BOOTSTRAP_RESAMPLES:.1g}"  # no resample crossed zero
     return f"{p:.3g}"
 
 

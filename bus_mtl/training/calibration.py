@@ -19,6 +19,8 @@ from torchmetrics.functional.classification import (
 
 from bus_mtl.training.checkpoint import net_state_dict
 
+LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3] ≈ [0.05, 20]
+
 
 def _nll(logits: Tensor, labels: Tensor) -> Tensor:
     if logits.shape[1] == 1:
@@ -37,7 +39,8 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15)
 
 
 def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> float:
-    """The temperature T > 0 that minimises the NLL of ``logits / T`` (LBFGS on log T).
+    """The temperature T in [0.05, 20] that minimises the NLL of ``logits / T``
+    (grid search on log T, refined by LBFGS).
 
     Args:
         logits: B×K class logits (K = 1: malignancy logit).
@@ -47,7 +50,13 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> floa
     logits, labels = logits[keep].detach().double(), labels[keep].long()
     if logits.numel() == 0:
         raise ValueError("no labelled validation image to fit the temperature on")
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    # A coarse grid on log T first: with near-constant logits the NLL is almost flat and
+    # LBFGS alone can wander off; the grid's best point starts it and bounds the answer.
+    grid = torch.linspace(-LOG_T_BOUND, LOG_T_BOUND, 61, dtype=torch.float64)
+    with torch.no_grad():
+        losses = torch.stack([_nll(logits / g.exp(), labels) for g in grid])
+    start = grid[int(torch.argmin(losses))]
+    log_t = start.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -57,10 +66,11 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> floa
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.detach().exp())
-    if not math.isfinite(temperature):
-        return 1.0
-    return temperature
+    refined = float(log_t.detach().clamp(-LOG_T_BOUND, LOG_T_BOUND))
+    with torch.no_grad():
+        if not math.isfinite(refined) or _nll(logits / math.exp(refined), labels) > losses.min():
+            refined = float(start)
+    return math.exp(refined)
 
 
 @torch.no_grad()

@@ -89,15 +89,14 @@ def _warn_unless_rebuilds(net: nn.Module, init_args: dict[str, Any]) -> None:
 
 
 def variant_name(class_path: str) -> str | None:
-    """The ``bus_mtl.models`` registry name of a class path, ``None`` for other classes."""
+    """The ``bus_mtl.models`` registry name of a class path (short or full), else ``None``."""
     try:
-        from bus_mtl.models import registry
-    except ImportError:
+        from bus_mtl.models.registry import VARIANTS
+
+        cls = _import_class(class_path)
+    except (ImportError, ValueError):
         return None
-    for name, cls in getattr(registry, "VARIANTS", {}).items():
-        if class_path_of(cls) == class_path:
-            return name
-    return None
+    return next((name for name, variant in VARIANTS.items() if variant is cls), None)
 
 
 def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:

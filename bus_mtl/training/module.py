@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from bus_mtl.training.checkpoint import build_metadata, net_config
 from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss
 from bus_mtl.training.metrics import ClassificationMetrics, SegmentationMetrics
-from bus_mtl.training.reproducibility import collect_rng_states, set_rng_states
+from bus_mtl.training.reproducibility import collect_rng_states, seed_epoch, set_rng_states
 from bus_mtl.training.weighting import FixedWeighting
 
 STAGES = ("train", "val", "test")
@@ -132,7 +133,7 @@ class MultiTaskModule(pl.LightningModule):
             setattr(self, f"{stage}_seg_metrics", seg)
             setattr(self, f"{stage}_cls_metrics", cls if self.has_cls else None)
         self._compiled: nn.Module | None = None
-        self._pending_rng_states: dict[str, Any] | None = None
+        self._pending_rng_states: tuple[int, dict[str, Any]] | None = None
         # The loss terms of the latest training step, for the FiniteLossGuard callback.
         self.last_losses: dict[str, Tensor] = {}
 
@@ -309,14 +310,30 @@ class MultiTaskModule(pl.LightningModule):
         checkpoint["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Applied in on_train_start: the sanity check and setup between here and the first
-        # training batch draw from the RNGs too, but not in the uninterrupted run.
-        self._pending_rng_states = checkpoint.get("rng_states")
+        states = checkpoint.get("rng_states")
+        self._pending_rng_states = (int(checkpoint.get("epoch", -1)), states) if states else None
 
-    def on_train_start(self) -> None:
+    def _apply_pending_rng_states(self) -> None:
         if self._pending_rng_states is not None:
-            set_rng_states(self._pending_rng_states)
+            set_rng_states(self._pending_rng_states[1])
             self._pending_rng_states = None
+
+    def on_train_epoch_start(self) -> None:
+        # With a global seed (seed_everything), every epoch's dropout & co. draw from RNGs
+        # seeded by (seed, epoch): a resumed run then draws what the uninterrupted one did,
+        # whatever Lightning consumed in between (sanity check, re-entering a finished epoch).
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            self._pending_rng_states = None
+            seed_epoch(int(seed), self.current_epoch)
+            return
+        # No global seed: an end-of-epoch checkpoint's RNG states are the best we have.
+        pending = self._pending_rng_states
+        if pending is not None and self.current_epoch > pending[0]:
+            self._apply_pending_rng_states()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._apply_pending_rng_states()  # mid-epoch checkpoint: best effort
 
 
 def _cli_hparams() -> dict[str, Any] | None:

@@ -47,3 +47,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
     if cuda is not None and torch.cuda.is_available():
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed python, numpy and torch (all devices) from ``(seed, epoch)`` alone."""
+    value = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)

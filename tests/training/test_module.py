@@ -222,9 +222,15 @@ def test_net_config_reads_init_args_outside_the_cli():
     assert net_config(net)["init_args"] == {"model_name": "efficientnet-b1"}
 
 
+class _Hidden(torch.nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(width, 1)  # width not stored anywhere
+
+
 def test_net_config_warns_when_args_cannot_be_recovered():
     with pytest.warns(UserWarning, match="init arguments cannot be read back"):
-        net_config(SharedEncoder(init_filters=8))
+        net_config(_Hidden(width=8))
 
 
 def test_warmup_cosine_schedule_by_hand():
