@@ -115,8 +115,13 @@ class BusMTLCLI(LightningCLI):
         ckpt_path = self._get(self.config, "ckpt_path") if self.subcommand == "fit" else None
         version = resume_version(root, name, ckpt_path)
         csv = ResumableCSVLogger(save_dir=str(root), name=name, version=version)
-        wandb = WandbLogger(save_dir=str(root), name=name)
-        return [csv, wandb]
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            # A stripped-down environment (an inference box, a bare GPU image) can still train.
+            print("bus-mtl: wandb is not installed; logging to CSV only", file=sys.stderr)
+            return [csv]
+        return [csv, WandbLogger(save_dir=str(root), name=name)]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})

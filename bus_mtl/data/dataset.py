@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -78,13 +77,12 @@ def seed_worker_augmentation(worker_id: int) -> None:
 
     albumentations ``Compose`` keeps its own RNG, which forked workers would otherwise
     share (every worker would draw the same flips); torch's per-worker seed is distinct
-    and follows ``seed_everything``. OpenCV is also kept to one thread per worker (as torch
-    already is): workers × OpenCV threads oversubscribe the cores and slow loading down.
+    and follows ``seed_everything``. OpenCV's own thread pool is off library-wide (see
+    ``bus_mtl.data.io``), so workers do not oversubscribe the cores.
     """
     info = torch.utils.data.get_worker_info()
     if info is None:
         return
-    cv2.setNumThreads(1)
     ds = info.dataset
     while hasattr(ds, "dataset"):  # Subset and friends
         ds = ds.dataset

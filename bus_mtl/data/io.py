@@ -15,6 +15,11 @@ import numpy as np
 
 from bus_mtl.data.errors import DataError, Problem
 
+# OpenCV's internal thread pool does not survive fork(): a DataLoader worker that touches it
+# (even cv2.setNumThreads) can deadlock once the parent has used it. Our parallelism comes
+# from DataLoader workers and thread pools over files, so OpenCV's own threads stay off.
+cv2.setNumThreads(0)
+
 
 def _decode(path: Path) -> np.ndarray:
     path = Path(path)

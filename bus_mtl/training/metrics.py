@@ -106,6 +106,7 @@ def per_image_seg_metrics(
     target: Tensor,
     threshold: float = 0.5,
     include_background: bool = False,
+    with_hd95: bool = True,
 ) -> dict[str, Tensor]:
     """Per-image segmentation metrics under the module's empty-mask policy.
 
@@ -116,6 +117,8 @@ def per_image_seg_metrics(
         include_background: also score the background (1 - mask) and report the mean of the
             background and lesion Dice / IoU. HD95 is always the lesion contour's (the
             background's contour is the lesion's plus the image frame).
+        with_hd95: compute HD95 (on the CPU). ``False`` leaves it NaN and keeps everything on
+            the input's device with no host sync — what a training step wants.
 
     Returns:
         float32 tensors of shape (B,) on the input's device: ``dice``, ``iou``, ``hd95``
@@ -135,11 +138,14 @@ def per_image_seg_metrics(
     if include_background:
         dice_bg, iou_bg = _dice_iou(~pred, ~true)
         dice, iou = (dice + dice_bg) / 2, (iou + iou_bg) / 2
-    pred_np = pred[:, 0].cpu().numpy()
-    true_np = true[:, 0].cpu().numpy()
-    hd = torch.tensor([hd95(p, t) for p, t in zip(pred_np, true_np)], dtype=torch.float32).to(
-        mask_logits.device
-    )
+    if with_hd95:
+        pred_np = pred[:, 0].cpu().numpy()
+        true_np = true[:, 0].cpu().numpy()
+        hd = torch.tensor(
+            [hd95(p, t) for p, t in zip(pred_np, true_np)], dtype=torch.float32
+        ).to(mask_logits.device)
+    else:
+        hd = torch.full_like(dice, float("nan"))
     return {
         "dice": dice,
         "iou": iou,
@@ -177,6 +183,8 @@ class SegmentationMetrics(Metric):
         threshold: probability threshold in (0, 1).
         include_background: also average the background's Dice / IoU in (see
             ``per_image_seg_metrics``).
+        with_hd95: compute HD95 (CPU work and a device-to-host copy per update); the
+            training-stage metrics turn it off so a step never waits on the host.
         kwargs: torchmetrics ``Metric`` options (``compute_on_cpu``, ``sync_on_compute``, ...).
     """
 
@@ -187,19 +195,26 @@ class SegmentationMetrics(Metric):
     _keys = ("dice", "iou", "hd95", "mask_area", "target_area")
 
     def __init__(
-        self, threshold: float = 0.5, include_background: bool = False, **kwargs: Any
+        self,
+        threshold: float = 0.5,
+        include_background: bool = False,
+        with_hd95: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
         self.threshold = threshold
         self.include_background = include_background
+        self.with_hd95 = with_hd95
         for key in self._keys:
             self.add_state(key, default=[], dist_reduce_fx="cat")
         self.last_per_image: dict[str, Tensor] | None = None
 
     def update(self, mask_logits: Tensor, target: Tensor) -> None:
-        values = per_image_seg_metrics(mask_logits, target, self.threshold, self.include_background)
+        values = per_image_seg_metrics(
+            mask_logits, target, self.threshold, self.include_background, self.with_hd95
+        )
         for key in self._keys:
             getattr(self, key).append(values[key])
         self.last_per_image = values

@@ -128,7 +128,12 @@ class MultiTaskModule(pl.LightningModule):
         self.log_images = log_images
         self.register_buffer("temperature", torch.ones(()))
         for stage in STAGES:
-            seg = SegmentationMetrics(threshold=threshold) if self.has_seg else None
+            # HD95 runs on the CPU: computing it every training step would stall the GPU.
+            seg = (
+                SegmentationMetrics(threshold=threshold, with_hd95=stage != "train")
+                if self.has_seg
+                else None
+            )
             cls = ClassificationMetrics(num_classes=self.num_classes, threshold=threshold)
             setattr(self, f"{stage}_seg_metrics", seg)
             setattr(self, f"{stage}_cls_metrics", cls if self.has_cls else None)
@@ -182,7 +187,7 @@ class MultiTaskModule(pl.LightningModule):
             self.last_losses = {"loss": total.detach()}
             self.last_losses.update({f"loss_{k}": v.detach() for k, v in losses.items()})
             self.log_dict(
-                {f"train/w_{k}": float(v) for k, v in weights.items()},
+                {f"train/w_{k}": v for k, v in weights.items()},
                 on_step=True,
                 on_epoch=False,
                 batch_size=bs,
@@ -318,21 +323,23 @@ class MultiTaskModule(pl.LightningModule):
             set_rng_states(self._pending_rng_states[1])
             self._pending_rng_states = None
 
-    def on_train_epoch_start(self) -> None:
-        # With a global seed (seed_everything), every epoch's dropout & co. draw from RNGs
-        # seeded by (seed, epoch): a resumed run then draws what the uninterrupted one did,
-        # whatever Lightning consumed in between (sanity check, re-entering a finished epoch).
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        if seed is not None:
-            self._pending_rng_states = None
-            seed_epoch(int(seed), self.current_epoch)
-            return
-        # No global seed: an end-of-epoch checkpoint's RNG states are the best we have.
-        pending = self._pending_rng_states
-        if pending is not None and self.current_epoch > pending[0]:
-            self._apply_pending_rng_states()
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:
+            # With a global seed (seed_everything), every epoch's dropout & co. draw from RNGs
+            # seeded by (seed, epoch): a resumed run then draws what the uninterrupted one
+            # did, whatever Lightning consumed before (sanity check, creating the loader
+            # iterator, which draws from the global RNG at a point that differs on resume).
+            # Seeding at the first batch, not at epoch start, puts it after all of that.
+            seed = os.environ.get("PL_GLOBAL_SEED")
+            if seed is not None:
+                self._pending_rng_states = None
+                seed_epoch(int(seed), self.current_epoch)
+                return
+            # No global seed: an end-of-epoch checkpoint's RNG states are the best we have.
+            pending = self._pending_rng_states
+            if pending is not None and self.current_epoch > pending[0]:
+                self._apply_pending_rng_states()
+            return
         self._apply_pending_rng_states()  # mid-epoch checkpoint: best effort
 
 
