@@ -19,7 +19,9 @@ def main(argv: list[str]) -> int:
         return 0
     what = argv[0]
     if what not in BENCHMARKS:
-        print(f"bus-mtl bench: unknown benchmark {what!r}; valid: {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
+        print(
+            f"bus-mtl bench: unknown benchmark {what!r}; valid: {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     return int(importlib.import_module(BENCHMARKS[what]).main(argv[1:]) or 0)

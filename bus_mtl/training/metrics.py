@@ -141,9 +141,9 @@ def per_image_seg_metrics(
     if with_hd95:
         pred_np = pred[:, 0].cpu().numpy()
         true_np = true[:, 0].cpu().numpy()
-        hd = torch.tensor(
-            [hd95(p, t) for p, t in zip(pred_np, true_np)], dtype=torch.float32
-        ).to(mask_logits.device)
+        hd = torch.tensor([hd95(p, t) for p, t in zip(pred_np, true_np)], dtype=torch.float32).to(
+            mask_logits.device
+        )
     else:
         hd = torch.full_like(dice, float("nan"))
     return {
