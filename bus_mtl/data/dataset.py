@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import albumentations as A
@@ -92,19 +93,15 @@ def seed_worker_augmentation(worker_id: int) -> None:
 
 
 def reseed_transform(transform: A.BaseCompose, seed: int) -> None:
-    """Seed an albumentations pipeline, giving every transform its own stream.
+    """Seed an albumentations pipeline for one sample.
 
-    ``Compose.set_random_seed`` hands the *same* seed to every transform, so e.g. a
-    horizontal and a vertical flip with equal ``p`` always fire together.
+    ``Compose.set_random_seed`` gives every transform its *own generator with the same
+    seed*, so e.g. a horizontal and a vertical flip with equal ``p`` always fire together.
+    ``set_random_state`` instead shares one generator pair across the pipeline, and the
+    transforms draw from it in turn; it is also ~10x cheaper per sample than reseeding each
+    transform.
     """
-    transform.set_random_seed(seed)
-    stack, i = list(transform.transforms), 0
-    while stack:
-        t = stack.pop(0)
-        i += 1
-        if isinstance(t, A.BaseCompose):
-            stack.extend(t.transforms)
-        t.set_random_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
