@@ -141,11 +141,23 @@ def _format(value: Any) -> Any:
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
-    """LightningCLI's config saving, plus the resolved config in every W&B run's config.
+    """LightningCLI's config saving, plus the resolved config in every W&B run's config,
+    and the data split (``split.json``: ids per fold, seed, threshold, duplicate groups)
+    beside ``config.yaml`` so every run records the exact images it trained and tested on.
 
     Registered with ``overwrite=True`` by ``bus_mtl.cli.lightning`` so a second run in the
     same directory does not fail.
     """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            # trainer.log_dir is a collective under DDP: every rank must ask for it, so this
+            # cannot live in save_config (rank 0 only).
+            log_dir = trainer.log_dir
+            split = getattr(trainer.datamodule, "split", None)
+            if split is not None and log_dir is not None and trainer.is_global_zero:
+                split.save(Path(log_dir) / "split.json")
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = json.loads(self.parser.dump(self.config, format="json", skip_none=False))

@@ -136,6 +136,13 @@ def test_config_saved_and_wandb_offline_files_written(quickstart_run):
     root, log_dir = quickstart_run["root"], quickstart_run["log_dir"]
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["model"]["net"]["class_path"] == "bus_mtl.models.SharedEncoder"
+    # The split is recorded beside the config, and it is the split the run trained on.
+    from bus_mtl.data import Split
+
+    split = Split.load(log_dir / "split.json")
+    assert split.seed == saved["data"]["seed"]
+    fold = split.folds[saved["data"]["fold"]]
+    assert fold["train"] and fold["test"] and not set(fold["train"]) & set(fold["test"])
     (run_dir,) = root.glob("wandb/offline-run-*")
     (run_file,) = run_dir.glob("run-*.wandb")
     content = run_file.read_bytes()
