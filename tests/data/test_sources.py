@@ -173,3 +173,29 @@ def test_synthetic_is_deterministic_and_balanced(tmp_path: Path) -> None:
     )
     for s in samples:
         assert 0.005 < DecodeCache(64).decode(s)[2].coverage < 0.3
+
+
+def test_busi_udiat_preset_reads_udiat_root_from_env(
+    udiat_root: Path, busi_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """experiments/data/busi_udiat.yaml: the two centres, UDIAT's folder from $BUS_MTL_UDIAT."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from bus_mtl.data.sources.base import Source
+
+    preset = Path(__file__).resolve().parents[2] / "experiments" / "data" / "busi_udiat.yaml"
+    config = yaml.safe_load(preset.read_text())["data"]["sources"]
+    config["init_args"]["sources"][0]["init_args"]["root"] = str(busi_tree)
+    parser = ArgumentParser()
+    parser.add_argument("--sources", type=Source)
+    monkeypatch.setenv("BUS_MTL_UDIAT", str(udiat_root))
+    source = parser.instantiate_classes(parser.parse_object({"sources": config})).sources
+    samples = source.samples()
+    assert {s.centre for s in samples} == {"busi", "udiat"}
+    assert sum(s.centre == "udiat" for s in samples) == 5
+    # Unset: the problem names the variable instead of failing somewhere obscure.
+    monkeypatch.delenv("BUS_MTL_UDIAT")
+    source = parser.instantiate_classes(parser.parse_object({"sources": config})).sources
+    _, problems = source.scan()
+    assert any("BUS_MTL_UDIAT" in p.where or "BUS_MTL_UDIAT" in p.message for p in problems)

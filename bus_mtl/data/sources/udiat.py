@@ -3,6 +3,7 @@ and a sheet ``DatasetB.xlsx`` (or its CSV export) with ``Image``, ``Type``, ``Di
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,9 @@ class UDIATSource(Source):
     """UDIAT Dataset B: 163 images (109 benign, 54 malignant) with binary GT masks.
 
     Args:
-        root: folder holding ``original/``, ``GT/`` and the label sheet.
+        root: folder holding ``original/``, ``GT/`` and the label sheet. Environment
+            variables are expanded (``${BUS_MTL_UDIAT}`` in ``experiments/data/busi_udiat.yaml``);
+            an unset one stays in the path, so the "not found" problem names it.
         sheet: the label sheet (``.xlsx`` or ``.csv``); default: the single ``*.xlsx`` or
             ``*.csv`` in ``root`` (``DatasetB.xlsx`` preferred).
         centre: centre tag and id prefix.
@@ -27,7 +30,7 @@ class UDIATSource(Source):
     ) -> None:
         if not centre:
             raise ValueError("centre: must be a non-empty string")
-        self.root = Path(root).expanduser()
+        self.root = Path(os.path.expandvars(str(root))).expanduser()
         self.sheet = Path(sheet).expanduser() if sheet is not None else None
         self.centre = centre
 
