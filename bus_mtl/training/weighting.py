@@ -81,15 +81,16 @@ class UncertaintyWeighting(nn.Module):
             {t: nn.Parameter(torch.tensor(float(init_log_var))) for t in tasks}
         )
 
-    def forward(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         _check_losses(losses, self.tasks, type(self).__name__)
         total: Tensor | None = None
-        weights: dict[str, float] = {}
+        # Detached 0-d tensors, not floats: float() would wait for the GPU every step.
+        weights: dict[str, Tensor] = {}
         for task in self.tasks:
             s = self.log_vars[task]
             if task in losses:
                 term = torch.exp(-s) * losses[task] + s
-                weights[task] = float(torch.exp(-s.detach()))
+                weights[task] = torch.exp(-s.detach())
             else:
                 term = 0.0 * s
             total = term if total is None else total + term
