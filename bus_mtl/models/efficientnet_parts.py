@@ -17,6 +17,26 @@ EFFICIENTNET_NAMES: tuple[str, ...] = tuple(f"efficientnet-b{i}" for i in range(
 LITE_NAMES: tuple[str, ...] = tuple(f"efficientnet-lite{i}" for i in range(5))
 VALID_MODEL_NAMES: tuple[str, ...] = EFFICIENTNET_NAMES + LITE_NAMES
 
+# PyTorch's BatchNorm momentum (weight of the *new* batch statistic). efficientnet-pytorch
+# keeps TensorFlow's ``batch_norm_momentum=0.99`` (weight of the *old* value), i.e. PyTorch
+# momentum 0.01: after a few hundred steps the running statistics still hold ~10 % of their
+# initial values and eval-mode outputs collapse to a constant (issue 9). Every BatchNorm of
+# every variant uses this value instead.
+BN_MOMENTUM = 0.1
+
+
+def use_pytorch_bn_momentum(module: nn.Module, momentum: float = BN_MOMENTUM) -> nn.Module:
+    """Set ``momentum`` on every BatchNorm layer of ``module`` (in place; returns it).
+
+    For networks built by libraries that carry TensorFlow's convention (efficientnet-pytorch
+    and its Lite fork, smp's EfficientNet encoders). Epsilon is left as the library set it:
+    pretrained weights were trained with it.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
+    return module
+
 
 def check_model_name(model_name: str) -> None:
     """Raise ``ValueError`` listing the valid names when ``model_name`` is unknown."""
@@ -35,16 +55,19 @@ def build_efficientnet(model_name: str, in_channels: int, num_classes: int) -> n
     """A randomly initialised EfficientNet (efficientnet-pytorch, or its Lite fork).
 
     Lite models use ReLU6 and no squeeze-excitation; they must never get ``set_swish`` (it
-    would swap their ReLU6 for swish).
+    would swap their ReLU6 for swish). BatchNorm momentum is PyTorch's (``BN_MOMENTUM``), not
+    the library's TensorFlow-style 0.01.
     """
     check_model_name(model_name)
     if is_lite(model_name):
         from efficientnet_lite_pytorch import EfficientNet as LiteEfficientNet
 
-        return LiteEfficientNet.from_name(
+        net = LiteEfficientNet.from_name(
             model_name, in_channels=in_channels, num_classes=num_classes
         )
-    return _EfficientNet.from_name(model_name, in_channels=in_channels, num_classes=num_classes)
+    else:
+        net = _EfficientNet.from_name(model_name, in_channels=in_channels, num_classes=num_classes)
+    return use_pytorch_bn_momentum(net)
 
 
 def activation_like(effnet: nn.Module) -> nn.Module:
@@ -53,9 +76,8 @@ def activation_like(effnet: nn.Module) -> nn.Module:
 
 
 def batch_norm_like(effnet: nn.Module, channels: int) -> nn.BatchNorm2d:
-    """BatchNorm with the EfficientNet's (TensorFlow-derived) momentum and epsilon."""
-    ref = effnet._bn1
-    return nn.BatchNorm2d(channels, momentum=ref.momentum, eps=ref.eps)
+    """BatchNorm with the EfficientNet's epsilon and PyTorch's momentum (``BN_MOMENTUM``)."""
+    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM, eps=effnet._bn1.eps)
 
 
 @dataclass(frozen=True)

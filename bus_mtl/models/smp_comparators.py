@@ -7,6 +7,7 @@ from segmentation_models_pytorch.encoders.efficientnet import EfficientNetEncode
 from torch import Tensor, nn
 
 from bus_mtl.models.base import MTLNet, PretrainedPart, check_probability
+from bus_mtl.models.efficientnet_parts import use_pytorch_bn_momentum
 from bus_mtl.models.output import MTLOutput
 from bus_mtl.models.pretrained import IMAGENET, LITE0_OFFLINE, apply_pretrained
 
@@ -54,6 +55,8 @@ class _SMPComparator(MTLNet):
             aux_params={"classes": self.num_classes, "dropout": cls_dropout},
         )
         _drop_unused_head(self.model.encoder)
+        # smp's EfficientNet encoders inherit efficientnet-pytorch's momentum 0.01.
+        use_pytorch_bn_momentum(self.model)
         if pretrained != IMAGENET:
             apply_pretrained(self, pretrained)
 
