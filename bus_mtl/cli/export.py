@@ -44,6 +44,8 @@ def main(argv: list[str]) -> int:
     print(
         f"  variant {info.variant or '?'}, input {info.in_channels}×{info.image_size}×"
         f"{info.image_size}, mean {info.mean:.4f}, std {info.std:.4f}, temperature "
-        f"{info.temperature:.4f}, threshold {info.threshold:g}, classes {list(info.class_names)}"
+        f"{info.temperature:.4f}, mask threshold {info.threshold:g}, malignancy threshold "
+        f"{info.class_threshold:.4f} ({info.threshold_rule or 'fixed'}), classes "
+        f"{list(info.class_names)}"
     )
     return 0

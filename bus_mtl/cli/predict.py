@@ -39,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="decision threshold for mask pixels and malignancy (default: the model's)",
+        help="mask-pixel threshold (default: the model's); given alone it also sets the "
+        "malignancy decision threshold",
+    )
+    p.add_argument(
+        "--decision-threshold",
+        type=float,
+        default=None,
+        help="malignancy decision threshold (default: the operating point fitted on the "
+        "validation part at training time, stored in the checkpoint or export)",
     )
     p.add_argument("--device", default="cpu", help="torch device for --ckpt (cpu, cuda, ...)")
     p.add_argument(
@@ -63,7 +71,12 @@ def main(argv: list[str]) -> int:
         if args.model:
             from bus_mtl.inference.predictor import Predictor
 
-            predictor = Predictor(args.model, threshold=args.threshold, tta=tta)
+            predictor = Predictor(
+                args.model,
+                threshold=args.threshold,
+                tta=tta,
+                decision_threshold=args.decision_threshold,
+            )
         else:
             from bus_mtl.inference.torch_predictor import TorchPredictor
 
@@ -73,6 +86,7 @@ def main(argv: list[str]) -> int:
                 tta=tta,
                 device=args.device,
                 image_size=args.image_size,
+                decision_threshold=args.decision_threshold,
             )
         from bus_mtl.inference.predict import predict_files
 

@@ -175,6 +175,21 @@ class BUSDataModule(L.LightningDataModule):
             )
         return dict(self._normalization)
 
+    def class_counts(self, part: str = "train") -> list[int]:
+        """Images per class label (0..K-1; label -1 not counted) in a part of the fold.
+
+        What ``pos_weight="auto"`` and the other class weightings are computed from: the
+        *training* part only, so the validation and test images never shape the loss.
+        """
+        if part not in self.datasets:
+            raise RuntimeError(f"class_counts: no {part!r} part; call setup() first")
+        k = max(self._num_classes, 2)
+        counts = [0] * k
+        for sample in self.datasets[part].samples:
+            if 0 <= sample.label < k:
+                counts[sample.label] += 1
+        return counts
+
     def _make_split(self, samples: list[Sample], groups: list[list[str]]) -> Split:
         if self.split_kind == "kfold":
             return kfold_split(
@@ -190,7 +205,9 @@ class BUSDataModule(L.LightningDataModule):
                 self.dup_threshold,
             )
         split = Split.load(self.split_file)  # type: ignore[arg-type]
-        raise_if_errors(split.check_against([s.id for s in samples], where=str(self.split_file)))
+        raise_if_errors(
+            split.check_against([s.id for s in samples], where=str(self.split_file), groups=groups)
+        )
         if not 0 <= self.fold < len(split.folds):
             raise DataError(
                 f"fold: {self.fold} out of range; {self.split_file} has {len(split.folds)} fold(s)"

@@ -33,6 +33,11 @@ class ModelInfo:
         temperature: calibration temperature T; probabilities are ``sigmoid(logit / T)``
             (K = 1) or ``softmax(logits / T)`` (K = 3).
         threshold: mask probability threshold.
+        decision_threshold: malignancy decision threshold on the calibrated probability
+            (K = 1), fitted on the validation part at training time; ``None`` (exports
+            from before it existed): ``threshold``.
+        threshold_rule: how ``decision_threshold`` was chosen (``youden``,
+            ``sensitivity>=0.9``, ``fixed``, ``argmax`` for K = 3).
         class_names: names of the class indices (K = 1: index 0 = benign, 1 = malignant).
         variant: ``bus_mtl.models`` variant name.
         has_seg, has_cls: which outputs the network has.
@@ -46,6 +51,8 @@ class ModelInfo:
     std: float = 1.0
     temperature: float = 1.0
     threshold: float = 0.5
+    decision_threshold: float | None = None
+    threshold_rule: str = ""
     class_names: tuple[str, ...] = field(default=())
     variant: str = ""
     has_seg: bool = True
@@ -65,6 +72,10 @@ class ModelInfo:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
+            raise ValueError(
+                f"decision_threshold must be in (0, 1), got {self.decision_threshold!r}"
+            )
         if not (self.has_seg or self.has_cls):
             raise ValueError("a model needs a segmentation or a classification output")
         names = tuple(self.class_names) or _default_class_names(self.num_classes)
@@ -75,6 +86,11 @@ class ModelInfo:
             )
         object.__setattr__(self, "class_names", names)
         object.__setattr__(self, "image_size", int(self.image_size))
+
+    @property
+    def class_threshold(self) -> float:
+        """The malignancy decision threshold: the fitted one, else the mask threshold."""
+        return self.threshold if self.decision_threshold is None else self.decision_threshold
 
     @property
     def output_names(self) -> list[str]:
@@ -109,7 +125,7 @@ class ModelInfo:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known and v is not None}
         kwargs["class_names"] = tuple(kwargs.get("class_names") or ())
-        for key in ("mean", "std", "temperature", "threshold"):
+        for key in ("mean", "std", "temperature", "threshold", "decision_threshold"):
             if key in kwargs:
                 kwargs[key] = float(kwargs[key])
         return cls(**kwargs)

@@ -65,11 +65,26 @@ class BasePredictor:
 
     info: ModelInfo
 
-    def __init__(self, info: ModelInfo, threshold: float | None = None, tta: bool = False):
-        if threshold is not None and not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    def __init__(
+        self,
+        info: ModelInfo,
+        threshold: float | None = None,
+        tta: bool = False,
+        decision_threshold: float | None = None,
+    ):
+        for name, value in (("threshold", threshold), ("decision_threshold", decision_threshold)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
         self.info = info
         self.threshold = info.threshold if threshold is None else float(threshold)
+        # The malignancy decision: an explicit decision_threshold, else an explicit threshold
+        # (which then sets both, as before), else the operating point fitted at training.
+        if decision_threshold is not None:
+            self.decision_threshold = float(decision_threshold)
+        elif threshold is not None:
+            self.decision_threshold = float(threshold)
+        else:
+            self.decision_threshold = info.class_threshold
         self.tta = bool(tta)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -108,8 +123,8 @@ class BasePredictor:
                 raise RuntimeError("the model metadata says it classifies but it gave no logits")
             p = class_probabilities(logits, info.temperature).mean(axis=0)
             probability = float(p[1])
-            # one threshold for mask and class decision, as in training's metrics
-            label = int(p.argmax()) if len(p) > 2 else int(probability > self.threshold)
+            # K = 1: the operating point fitted on validation, as test metrics use it.
+            label = int(p.argmax()) if len(p) > 2 else int(probability > self.decision_threshold)
             class_name = info.class_names[label]
             class_probs = {name: float(v) for name, v in zip(info.class_names, p)}
         return PredictionResult(
@@ -143,8 +158,10 @@ class Predictor(BasePredictor):
 
     Args:
         model_path: ONNX file written by ``bus-mtl export --format onnx``.
-        threshold: decision threshold for mask pixels and, with K = 1, for malignancy
-            (default: the one stored at export, i.e. training's).
+        threshold: mask-pixel threshold (default: the one stored at export); given alone it
+            also sets the malignancy decision threshold.
+        decision_threshold: malignancy decision threshold for K = 1 (default: the operating
+            point fitted on the validation part at training time, stored at export).
         tta: average with the horizontal mirror by default.
         num_threads: onnxruntime intra-op threads (``None``: onnxruntime's default).
         providers: onnxruntime execution providers (default: CPU).
@@ -160,6 +177,7 @@ class Predictor(BasePredictor):
         threshold: float | None = None,
         tta: bool = False,
         num_threads: int | None = None,
+        decision_threshold: float | None = None,
         providers: list[str] | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -178,7 +196,12 @@ class Predictor(BasePredictor):
         except Exception as err:  # onnxruntime raises its own exception types
             raise ValueError(f"{model_path}: not a loadable ONNX model: {err}") from err
         self.model_path = model_path
-        super().__init__(read_onnx_info(self.session, model_path), threshold=threshold, tta=tta)
+        super().__init__(
+            read_onnx_info(self.session, model_path),
+            threshold=threshold,
+            tta=tta,
+            decision_threshold=decision_threshold,
+        )
         self._outputs = [o.name for o in self.session.get_outputs()]
         missing = set(self.info.output_names) - set(self._outputs)
         if missing:

@@ -56,9 +56,12 @@ class TorchPredictor(BasePredictor):
     Args:
         net: a ``bus_mtl.models`` network returning ``MTLOutput``.
         info: its preprocessing facts.
-        threshold: mask probability threshold (default: ``info.threshold``).
+        threshold: mask probability threshold (default: ``info.threshold``); given alone it
+            also sets the malignancy decision threshold.
         tta: average with the horizontal mirror by default.
         device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        decision_threshold: malignancy decision threshold (default: the fitted one,
+            ``info.class_threshold``).
     """
 
     def __init__(
@@ -68,8 +71,9 @@ class TorchPredictor(BasePredictor):
         threshold: float | None = None,
         tta: bool = False,
         device: str | torch.device = "cpu",
+        decision_threshold: float | None = None,
     ) -> None:
-        super().__init__(info, threshold=threshold, tta=tta)
+        super().__init__(info, threshold=threshold, tta=tta, decision_threshold=decision_threshold)
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
 
@@ -81,9 +85,17 @@ class TorchPredictor(BasePredictor):
         tta: bool = False,
         device: str | torch.device = "cpu",
         image_size: int | None = None,
+        decision_threshold: float | None = None,
     ) -> TorchPredictor:
         net, info = load_checkpoint(ckpt_path, image_size=image_size)
-        return cls(net, info, threshold=threshold, tta=tta, device=device)
+        return cls(
+            net,
+            info,
+            threshold=threshold,
+            tta=tta,
+            device=device,
+            decision_threshold=decision_threshold,
+        )
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:

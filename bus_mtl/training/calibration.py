@@ -1,11 +1,18 @@
-"""Temperature scaling (Guo et al. 2017) of the class logits, fitted on the validation set."""
+"""Temperature scaling (Guo et al. 2017) and the decision threshold, fitted on validation.
+
+Also the honest part of a calibration report: a small ECE means nothing when every
+probability equals the prevalence, so the report carries the Brier skill score and the
+spread of the logits, and warns when the temperature sits at its bound or the logits are
+(near) constant.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -14,12 +21,17 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.functional.classification import (
     binary_calibration_error,
+    binary_roc,
     multiclass_calibration_error,
 )
 
 from bus_mtl.training.checkpoint import net_state_dict
 
 LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3] ≈ [0.05, 20]
+THRESHOLD_RULES = ("youden", "sensitivity", "fixed")
+# Logits whose standard deviation is below this carry no ranking worth calibrating: the
+# signature of a collapsed network (e.g. BatchNorm statistics that never caught up).
+MIN_LOGIT_STD = 1e-2
 
 
 def _nll(logits: Tensor, labels: Tensor) -> Tensor:
@@ -73,6 +85,62 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> floa
     return math.exp(refined)
 
 
+def choose_threshold(
+    probs: Tensor,
+    labels: Tensor,
+    rule: str = "youden",
+    target_sensitivity: float = 0.9,
+    default: float = 0.5,
+) -> float:
+    """The decision threshold ``t`` (predict malignant when ``p > t``) chosen on ``probs``.
+
+    * ``"youden"``: maximises Youden's J = sensitivity + specificity - 1 (the first, i.e.
+      highest, threshold on ties);
+    * ``"sensitivity"``: the highest threshold whose sensitivity is at least
+      ``target_sensitivity`` (a screening operating point);
+    * ``"fixed"``: ``default``.
+
+    The returned value lies half-way between the chosen ROC point's probability and the next
+    lower one, so it does not sit on a validation image's probability. ``default`` is
+    returned when one class is missing.
+
+    Args:
+        probs: (N,) malignancy probabilities (calibrated: the threshold is applied to them).
+        labels: (N,) 0/1 labels; entries < 0 are ignored.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule must be one of {THRESHOLD_RULES}, got {rule!r}")
+    keep = labels >= 0
+    probs, labels = probs[keep].double(), (labels[keep] == 1).long()
+    if rule == "fixed" or labels.numel() == 0 or int(labels.sum()) in (0, labels.numel()):
+        return float(default)
+    fpr, tpr, thresholds = binary_roc(probs, labels)
+    # thresholds descend; point i predicts malignant for p >= thresholds[i]. Point 0 is the
+    # "nothing malignant" corner (threshold 1 or above): never chosen.
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
+    if rule == "youden":
+        i = int(torch.argmax(tpr - fpr))
+    else:
+        reached = torch.nonzero(tpr >= target_sensitivity - 1e-12)
+        i = int(reached[0]) if len(reached) else len(tpr) - 1
+    upper = float(thresholds[i])
+    lower = float(thresholds[i + 1]) if i + 1 < len(thresholds) else 0.0
+    return float(min(max((upper + lower) / 2, 1e-6), 1 - 1e-6))
+
+
+def brier_skill_score(probs: Tensor, labels: Tensor) -> float:
+    """1 - Brier / Brier of always predicting the prevalence; 0 = no skill, 1 = perfect.
+
+    The no-skill reference is the prevalence of ``labels`` itself, π(1-π) (NaN when only
+    one class is present).
+    """
+    y = labels.double()
+    reference = float(y.mean() * (1 - y.mean()))
+    if reference == 0.0:
+        return float("nan")
+    return 1.0 - float(((probs.double() - y) ** 2).mean()) / reference
+
+
 @torch.no_grad()
 def collect_logits(net: nn.Module, loader: Any, device: torch.device) -> tuple[Tensor, Tensor]:
     """Run ``net`` in eval mode over ``loader``: (N×K logits, (N,) labels) on CPU."""
@@ -90,27 +158,60 @@ def collect_logits(net: nn.Module, loader: Any, device: torch.device) -> tuple[T
 
 
 class TemperatureCalibration(Callback):
-    """At the end of fit, fits a temperature on the validation logits (minimum NLL).
+    """At the end of fit, fits on the validation logits a temperature (minimum NLL) and then,
+    on the calibrated probabilities, the decision threshold (K = 1).
 
-    The temperature goes into the module's ``temperature`` buffer (for the current weights)
-    and into every checkpoint the run wrote (``last`` and the best ones, each fitted on its
-    own weights), both in the state_dict and in ``checkpoint["bus_mtl"]["temperature"]``, so
-    whichever checkpoint a user loads carries its own. Logs ``val/ece_uncalibrated``,
-    ``val/ece_calibrated`` and ``val/temperature`` (current weights). Skipped for
-    segmentation-only nets and under ``fast_dev_run``.
+    Both go into the module's buffers ``temperature`` and ``decision_threshold`` (for the
+    current weights) and into every checkpoint the run wrote (``last`` and the best ones,
+    each fitted on its own weights), in the state_dict and in ``checkpoint["bus_mtl"]``
+    (``temperature``, ``decision_threshold``, ``threshold_rule``), so whichever checkpoint a
+    user loads, tests, predicts with or exports carries its own operating point.
+
+    Logs (current weights) ``val/temperature``, ``val/decision_threshold``,
+    ``val/ece_uncalibrated``, ``val/ece_calibrated``, ``val/brier_calibrated``,
+    ``val/brier_skill`` (1 - Brier / π(1-π)) and ``val/logit_std``, and warns when the
+    temperature hits its search bound or the logits are (near) constant: then a small ECE
+    only says that every probability equals the prevalence. Skipped for segmentation-only
+    nets and under ``fast_dev_run``.
 
     Args:
         max_iter: LBFGS iterations.
         n_bins: bins of the expected calibration error.
+        threshold_rule: ``"youden"`` (default: maximal sensitivity + specificity),
+            ``"sensitivity"`` (the highest threshold reaching ``target_sensitivity``, a
+            screening user's choice) or ``"fixed"`` (the module's ``threshold``).
+        target_sensitivity: for ``threshold_rule="sensitivity"``, in (0, 1].
     """
 
-    def __init__(self, max_iter: int = 100, n_bins: int = 15) -> None:
+    def __init__(
+        self,
+        max_iter: int = 100,
+        n_bins: int = 15,
+        threshold_rule: Literal["youden", "sensitivity", "fixed"] = "youden",
+        target_sensitivity: float = 0.9,
+    ) -> None:
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter!r}")
         if n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
+        if threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(
+                f"threshold_rule must be one of {THRESHOLD_RULES}, got {threshold_rule!r}"
+            )
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}")
         self.max_iter = max_iter
         self.n_bins = n_bins
+        self.threshold_rule = threshold_rule
+        self.target_sensitivity = target_sensitivity
+
+    def rule_name(self, num_classes: int) -> str:
+        """How the stored threshold was chosen, as checkpoints and test logs record it."""
+        if num_classes != 1:
+            return "argmax"
+        if self.threshold_rule == "sensitivity":
+            return f"sensitivity>={self.target_sensitivity:g}"
+        return self.threshold_rule
 
     def _val_loader(self, trainer: pl.Trainer) -> Any:
         # The datamodule's own loader: every rank sees the whole validation set, so every
@@ -120,16 +221,57 @@ class TemperatureCalibration(Callback):
             return datamodule.val_dataloader()
         return trainer.val_dataloaders
 
-    def _fit(self, net: nn.Module, loader: Any, device: torch.device) -> dict[str, float]:
+    def _fit(
+        self, net: nn.Module, loader: Any, device: torch.device, default_threshold: float
+    ) -> dict[str, float]:
         logits, labels = collect_logits(net, loader, device)
         keep = labels >= 0
         temperature = fit_temperature(logits, labels, self.max_iter)
         logits, labels = logits[keep], labels[keep]
-        return {
+        out = {
             "temperature": temperature,
+            "decision_threshold": float(default_threshold),
             "ece_uncalibrated": expected_calibration_error(logits, labels, self.n_bins),
             "ece_calibrated": expected_calibration_error(logits / temperature, labels, self.n_bins),
         }
+        if logits.shape[1] == 1:
+            probs = torch.sigmoid(logits[:, 0].double() / temperature)
+            y = (labels == 1).long()
+            out["decision_threshold"] = choose_threshold(
+                probs, y, self.threshold_rule, self.target_sensitivity, default_threshold
+            )
+            out["brier_calibrated"] = float(((probs - y.double()) ** 2).mean())
+            out["brier_skill"] = brier_skill_score(probs, y)
+            out["logit_std"] = float(logits[:, 0].double().std()) if len(y) > 1 else float("nan")
+        else:
+            out["logit_std"] = float(logits.double().std(dim=0).mean()) if len(labels) > 1 else 0.0
+        return out
+
+    @staticmethod
+    def warnings_for(values: dict[str, float]) -> list[str]:
+        """What in a calibration report says "no skill" rather than "well calibrated"."""
+        found = []
+        log_t = math.log(values["temperature"])
+        if abs(abs(log_t) - LOG_T_BOUND) < 1e-3:
+            found.append(
+                f"the fitted temperature {values['temperature']:.4g} sits at its search bound "
+                f"(e^±{LOG_T_BOUND:g}): the validation logits are not calibratable by scaling"
+            )
+        std = values.get("logit_std", float("nan"))
+        if math.isfinite(std) and std < MIN_LOGIT_STD:
+            found.append(
+                f"the validation logits are (near) constant (std {std:.2e} < {MIN_LOGIT_STD:g}): "
+                "the classifier ranks nothing, and a small ECE only means every probability "
+                "equals the prevalence; compare eval-mode with train-mode outputs (BatchNorm "
+                "running statistics)"
+            )
+        skill = values.get("brier_skill", float("nan"))
+        if math.isfinite(skill) and skill <= 0.0:
+            found.append(
+                f"Brier skill score {skill:.3f} <= 0 on validation: no better than predicting "
+                "the prevalence for every image"
+            )
+        return found
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fast_dev_run or not getattr(pl_module, "has_cls", False):
@@ -138,11 +280,17 @@ class TemperatureCalibration(Callback):
         if loader is None:
             return
         device = pl_module.device
+        default = float(pl_module.threshold)
         try:
-            current = self._fit(pl_module.net, loader, device)
+            current = self._fit(pl_module.net, loader, device, default)
         except ValueError:
             return  # no labelled validation image: nothing to calibrate on
         pl_module.temperature.fill_(current["temperature"])
+        pl_module.decision_threshold.fill_(current["decision_threshold"])
+        pl_module.threshold_rule = self.rule_name(pl_module.num_classes)
+        for problem in self.warnings_for(current):
+            warnings.warn(f"TemperatureCalibration: {problem}", RuntimeWarning, stacklevel=2)
+            print(f"WARNING (calibration): {problem}", flush=True)
         for logger in trainer.loggers:
             logger.log_metrics({f"val/{k}": v for k, v in current.items()}, trainer.global_step)
             logger.save()
@@ -163,7 +311,13 @@ class TemperatureCalibration(Callback):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             net = copy.deepcopy(pl_module.net)
             net.load_state_dict(net_state_dict(checkpoint))
-            temperature = self._fit(net, loader, device)["temperature"]
-            checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
-            checkpoint.setdefault("bus_mtl", {})["temperature"] = temperature
+            fitted = self._fit(net, loader, device, float(pl_module.threshold))
+            meta = checkpoint.setdefault("bus_mtl", {})
+            for key in ("temperature", "decision_threshold"):
+                checkpoint["state_dict"][key] = torch.tensor(fitted[key])
+                meta[key] = fitted[key]
+            meta["threshold_rule"] = self.rule_name(pl_module.num_classes)
+            meta["calibration"] = {
+                k: v for k, v in fitted.items() if k not in ("temperature", "decision_threshold")
+            }
             torch.save(checkpoint, path)

@@ -122,6 +122,9 @@ def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
         "class_names": list(class_names),
         "temperature": float(module.temperature),
         "threshold": float(module.threshold),
+        "decision_threshold": float(module.decision_threshold),
+        "threshold_rule": str(module.threshold_rule),
+        "train_class_counts": module.class_counts,
         "has_seg": bool(module.has_seg),
         "has_cls": bool(module.has_cls),
     }
@@ -165,7 +168,7 @@ def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     Returns ``(net, meta)`` where ``meta`` is ``checkpoint["bus_mtl"]`` (see ARCHITECTURE.md):
     variant, class path, init args, channels, classes, image size, normalisation, class
-    names, fitted temperature and decision threshold.
+    names, fitted temperature, mask threshold and the image-level decision threshold.
     """
     checkpoint = load_checkpoint(ckpt_path)
     meta = dict(checkpoint["bus_mtl"])

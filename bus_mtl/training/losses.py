@@ -14,15 +14,49 @@ gradient all-reduce behave the same on every step.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-__all__ = ["BCEClassLoss", "CrossEntropyClassLoss", "DiceBCELoss", "FocalLoss", "IGNORE_LABEL"]
+__all__ = [
+    "AUTO",
+    "BCEClassLoss",
+    "CrossEntropyClassLoss",
+    "DiceBCELoss",
+    "FocalLoss",
+    "IGNORE_LABEL",
+]
 
 IGNORE_LABEL = -1
+# A class weighting resolved from the class frequencies of the fold's training part:
+# ``MultiTaskModule`` calls ``set_class_counts`` on its loss in ``setup("fit")``.
+AUTO = "auto"
+
+
+def _check_auto(name: str, value: object) -> None:
+    if isinstance(value, str) and value != AUTO:
+        raise ValueError(f"{name} must be a number, None or {AUTO!r}, got {value!r}.")
+
+
+def _unresolved(loss: nn.Module, name: str) -> ValueError:
+    return ValueError(
+        f"{type(loss).__name__}({name}={AUTO!r}) has not seen the class counts: "
+        "MultiTaskModule resolves it from the fold's training part at setup; standalone, call "
+        f".set_class_counts(counts) first or give {name} a number."
+    )
+
+
+def _positive_counts(counts: list[int] | tuple[int, ...], k: int, who: str) -> list[float]:
+    if len(counts) < k or any(int(c) <= 0 for c in counts[:k]):
+        raise ValueError(
+            f"{who}: class weighting from the training part needs at least one image of each "
+            f"of the {k} classes, got counts {list(counts)}; give the weight as a number."
+        )
+    return [float(c) for c in counts[:k]]
 
 
 def _check_non_negative(name: str, value: float) -> None:
@@ -138,32 +172,47 @@ class BCEClassLoss(nn.Module):
     still divides by the number of samples.
 
     Args:
-        pos_weight: weight of the positive (malignant) class, > 0; ``None`` = 1. A common
-            choice is ``n_benign / n_malignant``.
+        pos_weight: weight of the positive (malignant) class, > 0; ``None`` = 1; ``"auto"`` =
+            ``n_benign / n_malignant`` of the fold's training part (what the recipes use:
+            BUSI is about 2 benign : 1 malignant), set by :meth:`set_class_counts`.
         label_smoothing: in [0, 1).
 
     Shapes:
         ``forward(logits: B×1, labels: B long) -> scalar``.
     """
 
-    def __init__(self, pos_weight: float | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, pos_weight: float | Literal["auto"] | None = None, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
-        if pos_weight is not None and not pos_weight > 0.0:
-            raise ValueError(f"pos_weight must be > 0 or None, got {pos_weight!r}.")
+        _check_auto("pos_weight", pos_weight)
+        if pos_weight is not None and pos_weight != AUTO and not pos_weight > 0.0:
+            raise ValueError(f"pos_weight must be > 0, None or 'auto', got {pos_weight!r}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
         self.pos_weight = pos_weight
         self.label_smoothing = label_smoothing
+        self.resolved_pos_weight: float | None = None if pos_weight == AUTO else pos_weight
+
+    def set_class_counts(self, counts: list[int] | tuple[int, ...]) -> None:
+        """Resolve ``pos_weight="auto"`` from ``(n_benign, n_malignant)`` of the training part."""
+        if self.pos_weight == AUTO:
+            n_neg, n_pos = _positive_counts(counts, 2, type(self).__name__)
+            self.resolved_pos_weight = n_neg / n_pos
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         logits, targets = _valid_binary(logits, labels, type(self).__name__)
+        if self.pos_weight == AUTO and self.resolved_pos_weight is None:
+            raise _unresolved(self, "pos_weight")
         if logits.numel() == 0:
             return logits.sum()  # zero, with a grad_fn
         if self.label_smoothing > 0.0:
             targets = targets * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         pos_weight = None
-        if self.pos_weight is not None:
-            pos_weight = torch.tensor(self.pos_weight, dtype=logits.dtype, device=logits.device)
+        if self.resolved_pos_weight is not None:
+            pos_weight = torch.tensor(
+                self.resolved_pos_weight, dtype=logits.dtype, device=logits.device
+            )
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
 
 
@@ -174,28 +223,45 @@ class FocalLoss(nn.Module):
     ``p_t`` is the predicted probability of the true class and ``alpha_t = alpha`` for
     malignant, ``1 - alpha`` for benign samples (torchvision ``sigmoid_focal_loss``).
 
+    Lin et al.'s ``alpha = 0.25`` was tuned for detection, where the positive class is the
+    rare one *and* easy negatives dominate after the focusing term; on BUSI it would weight
+    the minority (malignant) class *down*. The default here, ``"auto"``, is the benign share
+    of the training part, ``n_benign / (n_benign + n_malignant)`` (about 0.68 on BUSI), which
+    weights the malignant class up in proportion to its rarity.
+
     Args:
         gamma: focusing parameter, >= 0 (0 gives alpha-weighted BCE).
-        alpha: weight of the positive (malignant) class in [0, 1]; ``None`` = no weighting.
+        alpha: weight of the positive (malignant) class in [0, 1]; ``None`` = no weighting;
+            ``"auto"`` = the benign share of the training part (see :meth:`set_class_counts`).
 
     Shapes:
         ``forward(logits: B×1, labels: B long) -> scalar``.
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: float | Literal["auto"] | None = AUTO) -> None:
         super().__init__()
         _check_non_negative("gamma", gamma)
-        if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha!r}.")
+        _check_auto("alpha", alpha)
+        if alpha is not None and alpha != AUTO and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], None or 'auto', got {alpha!r}.")
         self.gamma = gamma
         self.alpha = alpha
+        self.resolved_alpha: float | None = None if alpha == AUTO else alpha
+
+    def set_class_counts(self, counts: list[int] | tuple[int, ...]) -> None:
+        """Resolve ``alpha="auto"`` from ``(n_benign, n_malignant)`` of the training part."""
+        if self.alpha == AUTO:
+            n_neg, n_pos = _positive_counts(counts, 2, type(self).__name__)
+            self.resolved_alpha = n_neg / (n_neg + n_pos)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         logits, targets = _valid_binary(logits, labels, type(self).__name__)
+        if self.alpha == AUTO and self.resolved_alpha is None:
+            raise _unresolved(self, "alpha")
         if logits.numel() == 0:
             return logits.sum()
         # torchvision switches alpha weighting off with a negative alpha.
-        alpha = -1.0 if self.alpha is None else self.alpha
+        alpha = -1.0 if self.resolved_alpha is None else self.resolved_alpha
         return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=self.gamma, reduction="mean")
 
 
@@ -205,15 +271,22 @@ class CrossEntropyClassLoss(nn.Module):
     A weighted mean as in ``nn.CrossEntropyLoss``: ``sum_b w[y_b] * CE_b / sum_b w[y_b]``.
 
     Args:
-        weight: one weight per class (length K), all > 0; ``None`` = equal weights.
+        weight: one weight per class (length K), all > 0; ``None`` = equal weights;
+            ``"auto"`` = ``n / (K n_k)`` from the training part's class counts (balanced).
         label_smoothing: in [0, 1), as in ``nn.CrossEntropyLoss``.
 
     Shapes:
         ``forward(logits: B×K, labels: B long) -> scalar``.
     """
 
-    def __init__(self, weight: list[float] | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, weight: list[float] | Literal["auto"] | None = None, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
+        _check_auto("weight", weight)
+        self.auto_weight = weight == AUTO
+        if self.auto_weight:
+            weight = None
         if weight is not None:
             if len(weight) < 2:
                 raise ValueError(f"weight needs one value per class (K >= 2), got {weight!r}.")
@@ -231,8 +304,17 @@ class CrossEntropyClassLoss(nn.Module):
             persistent=False,
         )
 
+    def set_class_counts(self, counts: list[int] | tuple[int, ...]) -> None:
+        """Resolve ``weight="auto"`` from the per-class counts of the training part."""
+        if self.auto_weight:
+            k = len(counts)
+            n = _positive_counts(counts, k, type(self).__name__)
+            self.weight = torch.tensor([sum(n) / (k * c) for c in n], dtype=torch.float32)
+
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         name = type(self).__name__
+        if self.auto_weight and self.weight is None:
+            raise _unresolved(self, "weight")
         if logits.ndim != 2 or logits.shape[1] < 2:
             raise ValueError(
                 f"{name} expects logits of shape B×K with K >= 2, got {tuple(logits.shape)}; "

@@ -173,7 +173,7 @@ class SegmentationMetrics(Metric):
 
     ``update(mask_logits: B×1×H×W, target: B×1×H×W)`` takes logits (the prediction is
     ``sigmoid(logits) > threshold``). ``compute()`` returns ``{"dice", "iou", "hd95",
-    "hd95_undefined"}``: means over images (HD95 over the images where it is defined) and the
+    "hd95_undefined", "dice_lesion"}``: means over images (HD95 over the images where it is defined) and the
     fraction of images with exactly one empty mask. ``accumulated()`` returns the
     accumulated per-image values, ``last_per_image`` those of the latest ``update`` (what
     ``test_step`` can return without computing HD95 twice), and the static
@@ -248,10 +248,17 @@ class SegmentationMetrics(Metric):
                 "iou": nan.clone(),
                 "hd95": nan.clone(),
                 "hd95_undefined": nan.clone(),
+                "dice_lesion": nan.clone(),
             }
         one_empty = (values["mask_area"] == 0) ^ (values["target_area"] == 0)
+        lesion = values["target_area"] > 0
         return {
             "dice": values["dice"].mean(),
+            # Images with a lesion only: an empty mask on an empty image scores Dice 1, which
+            # inflates the mean whenever lesion-free (normal) images are evaluated.
+            "dice_lesion": values["dice"][lesion].mean()
+            if lesion.any()
+            else torch.tensor(float("nan"), device=self.device),
             "iou": values["iou"].mean(),
             "hd95": _nanmean(values["hd95"]),
             "hd95_undefined": one_empty.float().mean(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -66,14 +67,20 @@ class MultiTaskModule(pl.LightningModule):
             returns ``None`` contributes no loss and no metric.
         seg_loss: mask loss on B×1×H×W logits; ``None``: :class:`DiceBCELoss`.
         cls_loss: class loss on B×K logits and (B,) labels (-1 ignored); ``None``:
-            :class:`BCEClassLoss` for K = 1, :class:`CrossEntropyClassLoss` for K = 3.
+            :class:`BCEClassLoss` with ``pos_weight="auto"`` for K = 1,
+            :class:`CrossEntropyClassLoss` with ``weight="auto"`` for K = 3. ``"auto"``
+            weights come from the class counts of the fold's *training* part, resolved in
+            ``setup("fit")``; give ``BCEClassLoss()`` to train without class weighting.
         weighting: combines ``{"seg": ..., "cls": ...}``; ``None``: fixed weights 1, 1.
         optimizer: LightningCLI optimizer callable; default AdamW(lr=1e-3, wd=1e-4).
         scheduler: LightningCLI scheduler callable (stepped per epoch, ``ReduceLROnPlateau``
             monitors ``val/loss``); ``None``: linear warmup over ``warmup_epochs`` then
             cosine decay to 0 over the whole run, stepped per batch.
         warmup_epochs: length of the default scheduler's warmup (may be fractional).
-        threshold: probability above which a pixel is lesion and an image malignant.
+        threshold: probability above which a pixel is lesion, and an image malignant until
+            a decision threshold is fitted. ``TemperatureCalibration`` fits the image-level
+            one on the validation part at the end of fit (``decision_threshold`` buffer,
+            stored in checkpoints); test metrics, ``predict`` and exports use that one.
         compile: run the net through ``torch.compile``.
         channels_last: channels-last memory format on GPU (ignored on CPU).
         log_images: how many validation images the ``ValidationImages`` callback draws.
@@ -116,7 +123,11 @@ class MultiTaskModule(pl.LightningModule):
         self.num_classes = int(getattr(net, "num_classes", 1))
         self.seg_loss = (seg_loss or DiceBCELoss()) if self.has_seg else None
         if cls_loss is None and self.has_cls:
-            cls_loss = BCEClassLoss() if self.num_classes == 1 else CrossEntropyClassLoss()
+            cls_loss = (
+                BCEClassLoss(pos_weight="auto")
+                if self.num_classes == 1
+                else CrossEntropyClassLoss(weight="auto")
+            )
         self.cls_loss = cls_loss if self.has_cls else None
         self.weighting = weighting or FixedWeighting()
         self.optimizer_factory = optimizer
@@ -127,6 +138,12 @@ class MultiTaskModule(pl.LightningModule):
         self.channels_last = channels_last
         self.log_images = log_images
         self.register_buffer("temperature", torch.ones(()))
+        # Image-level decision threshold on the calibrated malignancy probability; fitted on
+        # the validation part by TemperatureCalibration (Youden's J by default).
+        self.register_buffer("decision_threshold", torch.tensor(float(threshold)))
+        self.threshold_rule = "fixed"
+        # (n_benign, n_malignant[, n_normal]) of the fold's training part, set in setup().
+        self.class_counts: list[int] | None = None
         for stage in STAGES:
             # HD95 runs on the CPU: computing it every training step would stall the GPU.
             seg = (
@@ -144,11 +161,47 @@ class MultiTaskModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def setup(self, stage: str) -> None:
+        self._resolve_class_weights(stage)
         if self.compile and self._compiled is None:
             # Kept out of the module tree so state_dict keys stay "net.*".
             object.__setattr__(self, "_compiled", torch.compile(self.net))
 
+    def _resolve_class_weights(self, stage: str) -> None:
+        """Give a class loss with ``"auto"`` weights the training part's class counts."""
+        resolve = getattr(self.cls_loss, "set_class_counts", None)
+        if resolve is None or stage == "predict":
+            return  # (val/test losses are logged too, so every other stage needs weights)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        counts = getattr(datamodule, "class_counts", None)
+        k = max(self.num_classes, 2)
+        if counts is None:
+            if _wants_auto(self.cls_loss):
+                warnings.warn(
+                    f"{type(self.cls_loss).__name__}: class weighting 'auto' needs a datamodule "
+                    "with class_counts() (BUSDataModule); training without one, so the classes "
+                    "are weighted equally",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                resolve([1] * k)
+            return
+        self.class_counts = list(counts("train"))
+        resolve(self.class_counts[:k])
+
     def on_fit_start(self) -> None:
+        weights = {
+            k: v
+            for k, v in (
+                ("pos_weight", getattr(self.cls_loss, "resolved_pos_weight", None)),
+                ("focal_alpha", getattr(self.cls_loss, "resolved_alpha", None)),
+            )
+            if v is not None
+        }
+        if self.class_counts is not None:
+            weights["train_class_counts"] = self.class_counts
+        if weights:
+            for logger in self.loggers:
+                logger.log_hyperparams(weights)
         if self._use_channels_last():
             self.net.to(memory_format=torch.channels_last)
 
@@ -236,11 +289,19 @@ class MultiTaskModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
+    def on_test_epoch_start(self) -> None:
+        # Test decisions use the operating point fitted on validation, never one fitted here.
+        if self.test_cls_metrics is not None:
+            self.test_cls_metrics.threshold = float(self.decision_threshold)
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out, _ = self._shared_step(batch, "test")
         return self._per_image(out, batch)
 
     def on_test_epoch_end(self) -> None:
+        if self.test_cls_metrics is not None and self.test_cls_metrics.update_called:
+            # Say which operating point the sensitivity/specificity/accuracy were taken at.
+            self.log("test/decision_threshold", self.decision_threshold.float())
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -291,8 +352,19 @@ class MultiTaskModule(pl.LightningModule):
         return row
 
     # ------------------------------------------------------------------ optimisation
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The net's parameters, and the loss weighting's (Kendall log-variances) in a group
+        of their own without weight decay: decay would pull every task weight towards 1."""
+        weighting = [p for p in self.weighting.parameters() if p.requires_grad]
+        ids = {id(p) for p in weighting}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        if weighting:
+            groups.append({"params": weighting, "weight_decay": 0.0})
+        return groups
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.param_groups())
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
             config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
@@ -315,6 +387,11 @@ class MultiTaskModule(pl.LightningModule):
         checkpoint["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if "decision_threshold" not in state:
+            # Checkpoints from before the fitted operating point: the fixed threshold.
+            state["decision_threshold"] = torch.tensor(float(self.threshold))
+        self.threshold_rule = str(checkpoint.get("bus_mtl", {}).get("threshold_rule", "fixed"))
         states = checkpoint.get("rng_states")
         self._pending_rng_states = (int(checkpoint.get("epoch", -1)), states) if states else None
 
@@ -341,6 +418,14 @@ class MultiTaskModule(pl.LightningModule):
                 self._apply_pending_rng_states()
             return
         self._apply_pending_rng_states()  # mid-epoch checkpoint: best effort
+
+
+def _wants_auto(loss: nn.Module | None) -> bool:
+    from bus_mtl.training.losses import AUTO
+
+    return any(getattr(loss, name, None) == AUTO for name in ("pos_weight", "alpha")) or bool(
+        getattr(loss, "auto_weight", False)
+    )
 
 
 def _cli_hparams() -> dict[str, Any] | None:

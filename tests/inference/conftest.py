@@ -11,6 +11,8 @@ import pytest
 
 IMAGE_SIZE = 64
 TEMPERATURE = 2.5  # stored in the checkpoint; the tests check predictions use it
+# The fitted malignancy operating point stored in the checkpoint (the mask keeps 0.5).
+DECISION_THRESHOLD = 0.37
 
 
 def _train_checkpoint(root: Path, synthetic_root: Path, variant: str, out: Path, **net_kwargs):
@@ -44,6 +46,7 @@ def _train_checkpoint(root: Path, synthetic_root: Path, variant: str, out: Path,
     )
     trainer.fit(module, datamodule=dm)
     module.temperature.fill_(TEMPERATURE)
+    module.decision_threshold.fill_(DECISION_THRESHOLD)
     trainer.save_checkpoint(out)
     return out
 

@@ -14,7 +14,7 @@ from scipy.special import expit
 
 from bus_mtl.inference.predictor import Predictor
 
-from .conftest import TEMPERATURE
+from .conftest import DECISION_THRESHOLD, TEMPERATURE
 
 HEAVY = ("torch", "lightning", "monai", "segmentation_models_pytorch", "albumentations", "wandb")
 
@@ -54,7 +54,7 @@ def test_masks_at_original_size(mtl_onnx, odd_images, kind):
     assert r.lesion_area == int(r.mask.sum()) and r.lesion_found == (r.lesion_area > 0)
     np.testing.assert_array_equal(r.mask, (r.mask_prob > 0.5).astype(np.uint8))
     assert 0.0 <= r.probability <= 1.0
-    assert r.class_name == ("malignant" if r.probability > 0.5 else "benign")
+    assert r.class_name == ("malignant" if r.probability > DECISION_THRESHOLD else "benign")
 
 
 def test_probability_is_temperature_scaled_training_logit(mtl_ckpt, mtl_onnx, odd_images):
@@ -118,3 +118,23 @@ def test_predictor_agrees_with_predict_ckpt(mtl_ckpt, mtl_onnx, odd_images, tmp_
         assert set(np.unique(m_pt)) <= {0, 255}
         assert int((m_pt != m_ox).sum()) <= 5  # only threshold-boundary pixels may flip
         assert abs(int(pt[f]["lesion_area"]) - int(ox[f]["lesion_area"])) <= 5
+
+
+def test_class_decision_uses_the_stored_operating_point(mtl_ckpt, mtl_onnx, odd_images):
+    """The malignancy decision uses the validation-fitted threshold stored at export; the
+    mask keeps its own; explicit thresholds override them as documented."""
+    from bus_mtl.inference.torch_predictor import TorchPredictor
+
+    onnx = Predictor(mtl_onnx)
+    assert onnx.info.decision_threshold == pytest.approx(DECISION_THRESHOLD)
+    assert onnx.decision_threshold == pytest.approx(DECISION_THRESHOLD)
+    assert onnx.threshold == pytest.approx(0.5)
+    torch_side = TorchPredictor.from_checkpoint(mtl_ckpt)
+    assert torch_side.decision_threshold == pytest.approx(DECISION_THRESHOLD)
+    p = onnx.predict(odd_images["gray"]).probability
+    below, above = max(p - 0.01, 1e-3), min(p + 0.01, 1 - 1e-3)
+    assert Predictor(mtl_onnx, decision_threshold=below).predict(odd_images["gray"]).label == 1
+    assert Predictor(mtl_onnx, decision_threshold=above).predict(odd_images["gray"]).label == 0
+    # --threshold alone still sets both (the documented behaviour before the split).
+    both = Predictor(mtl_onnx, threshold=0.6)
+    assert both.threshold == 0.6 and both.decision_threshold == 0.6

@@ -115,7 +115,8 @@ def test_focal_by_hand() -> None:
     #   malignant, p_t = 1/2, alpha_t = 1/4: 1/4 * (1/2)^2 * ln 2 = 0.0625 ln 2
     #   benign, p = 3/4 so p_t = 1/4, alpha_t = 3/4: 3/4 * (3/4)^2 * ln 4 = 0.84375 ln 2
     expected = (0.0625 + 0.84375) * LN2 / 2
-    assert FocalLoss()(CLS_LOGITS, CLS_LABELS).item() == pytest.approx(expected, rel=1e-6)
+    focal = FocalLoss(alpha=0.25)(CLS_LOGITS, CLS_LABELS)
+    assert focal.item() == pytest.approx(expected, rel=1e-6)
     # gamma = 0 and no alpha: plain BCE.
     plain = FocalLoss(gamma=0.0, alpha=None)(CLS_LOGITS, CLS_LABELS)
     assert plain.item() == pytest.approx(1.5 * LN2, rel=1e-6)
@@ -137,7 +138,7 @@ def test_cross_entropy_by_hand() -> None:
     ("loss", "logits"),
     [
         (BCEClassLoss(), torch.randn(3, 1)),
-        (FocalLoss(), torch.randn(3, 1)),
+        (FocalLoss(alpha=0.25), torch.randn(3, 1)),
         (CrossEntropyClassLoss(), torch.randn(3, 3)),
     ],
 )
@@ -152,7 +153,7 @@ def test_no_valid_label_gives_attached_zero(loss: nn.Module, logits: torch.Tenso
 
 def test_ignored_samples_do_not_move_the_loss() -> None:
     # Changing the logit of an unlabelled sample changes neither the loss nor any gradient.
-    for loss, logits in ((BCEClassLoss(), CLS_LOGITS), (FocalLoss(), CLS_LOGITS)):
+    for loss, logits in ((BCEClassLoss(), CLS_LOGITS), (FocalLoss(alpha=0.25), CLS_LOGITS)):
         other = logits.clone()
         other[2] = -7.0
         assert loss(logits, CLS_LABELS).item() == loss(other, CLS_LABELS).item()
@@ -203,3 +204,39 @@ def test_losses_build_from_lightningcli_style_config() -> None:
     assert built.seg_loss.dice_weight == 0.5 and built.seg_loss.batch is True
     assert isinstance(built.cls_loss, CrossEntropyClassLoss)
     assert built.cls_loss.weight.tolist() == [1.0, 2.0, 1.0]
+
+
+def test_auto_class_weights_come_from_the_counts() -> None:
+    # 2 benign : 1 malignant -> pos_weight 2, focal alpha 2/3 (malignant weighted *up*).
+    bce = BCEClassLoss(pos_weight="auto")
+    bce.set_class_counts([400, 200])
+    assert bce.resolved_pos_weight == pytest.approx(2.0)
+    assert bce(CLS_LOGITS, CLS_LABELS).item() == pytest.approx(
+        BCEClassLoss(pos_weight=2.0)(CLS_LOGITS, CLS_LABELS).item()
+    )
+    focal = FocalLoss()  # default alpha: "auto"
+    focal.set_class_counts([400, 200])
+    assert focal.resolved_alpha == pytest.approx(2 / 3)
+    assert focal.resolved_alpha > 0.5, "the minority (malignant) class must be weighted up"
+    assert focal(CLS_LOGITS, CLS_LABELS).item() == pytest.approx(
+        FocalLoss(alpha=2 / 3)(CLS_LOGITS, CLS_LABELS).item()
+    )
+    ce = CrossEntropyClassLoss(weight="auto")
+    ce.set_class_counts([400, 200, 100])
+    # n / (K n_k): 700 / 1200, 700 / 600, 700 / 300
+    assert ce.weight.tolist() == pytest.approx([700 / 1200, 700 / 600, 700 / 300])
+    # A number stays a number; counts do not override it.
+    fixed = BCEClassLoss(pos_weight=3.0)
+    fixed.set_class_counts([400, 200])
+    assert fixed.resolved_pos_weight == 3.0
+
+
+def test_auto_class_weights_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="set_class_counts"):
+        BCEClassLoss(pos_weight="auto")(CLS_LOGITS, CLS_LABELS)
+    with pytest.raises(ValueError, match="set_class_counts"):
+        FocalLoss()(CLS_LOGITS, CLS_LABELS)
+    with pytest.raises(ValueError, match="'auto'"):
+        BCEClassLoss(pos_weight="balanced")
+    with pytest.raises(ValueError, match="at least one image of each"):
+        BCEClassLoss(pos_weight="auto").set_class_counts([10, 0])

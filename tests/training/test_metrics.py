@@ -111,6 +111,8 @@ def test_empty_mask_policy() -> None:
     assert out["iou"].item() == pytest.approx((1 + 0 + 0 + 0.5) / 4)
     assert out["hd95"].item() == pytest.approx(HD95_2x2)  # NaNs left out of the mean
     assert out["hd95_undefined"].item() == pytest.approx(2 / 4)  # images 1 and 2
+    # Lesion-only Dice: images 3 and 4 (the ones with a lesion), no free 1.0 from image 1.
+    assert out["dice_lesion"].item() == pytest.approx((0 + 2 / 3) / 2)
 
 
 def test_include_background_and_threshold() -> None:

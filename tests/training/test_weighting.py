@@ -128,3 +128,28 @@ def test_weightings_build_from_lightningcli_style_config() -> None:
         ]
     )
     assert parser.instantiate_classes(cfg).weighting.weights == {"seg": 1.0, "cls": 0.3}
+
+
+def test_log_variances_get_no_weight_decay() -> None:
+    from functools import partial
+
+    import torch
+
+    from bus_mtl.models import create
+    from bus_mtl.training import MultiTaskModule
+    from bus_mtl.training.weighting import UncertaintyWeighting
+
+    module = MultiTaskModule(
+        create("shared_encoder", init_filters=8, hidden_dim=8),
+        weighting=UncertaintyWeighting(),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1),
+    )
+    groups = module.param_groups()
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0
+    log_vars = {id(p) for p in module.weighting.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == log_vars
+    assert not log_vars & {id(p) for p in groups[0]["params"]}
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in module.parameters())
+    optimizer = module.optimizer_factory(groups)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
