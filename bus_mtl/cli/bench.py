@@ -10,6 +10,7 @@ BENCHMARKS = {
     "models": "bus_mtl.benchmarks.models",
     "inference": "bus_mtl.benchmarks.inference",
     "gpu": "bus_mtl.benchmarks.gpu",
+    "accuracy": "bus_mtl.benchmarks.accuracy",
 }
 
 

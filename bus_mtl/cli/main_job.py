@@ -17,14 +17,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bus_mtl.models.registry import BEST_VARIANT
+import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS = PROJECT_ROOT / "experiments"
+from bus_mtl.configs import preset
 
-# The reduced CPU recipe (about 10-15 min for BUSI on 2 cores) and the full GPU one.
-CPU_RECIPE = {"image_size": 128, "max_epochs": 8, "batch_size": 16, "precision": "32"}
-GPU_RECIPE = {"image_size": 256, "max_epochs": 100, "batch_size": 16, "precision": "bf16-mixed"}
+# What the printed summary of a recipe shows, and where each value sits in the YAML.
+RECIPE_KEYS = {
+    "image_size": ("data", "image_size"),
+    "max_epochs": ("trainer", "max_epochs"),
+    "batch_size": ("data", "batch_size"),
+    "precision": ("trainer", "precision"),
+    "num_workers": ("data", "num_workers"),
+}
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """The summary values of ``experiments/recipes/<name>.yaml`` (``cpu`` or ``gpu``)."""
+    config = yaml.safe_load(preset(f"recipes/{name}.yaml").read_text())
+    out = {}
+    for key, (group, field) in RECIPE_KEYS.items():
+        out[key] = (config.get(group) or {}).get(field)
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,15 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--synthetic-n", type=int, default=200, help="images of the synthetic set")
     p.add_argument(
-        "--variant-config", default=str(EXPERIMENTS / "variants" / f"{BEST_VARIANT}.yaml")
+        "--variant-config",
+        default=None,
+        help="a variant preset applied after the recipe (default: the recipe's model, the "
+        "paper's best variant)",
     )
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     p.add_argument("--devices", default="1")
-    p.add_argument("--precision", help="default: 32 on CPU, bf16-mixed on GPU")
-    p.add_argument("--image-size", type=int, help="default: 128 on CPU, 256 on GPU")
-    p.add_argument("--max-epochs", type=int, help="default: 8 on CPU, 100 on GPU")
-    p.add_argument("--batch-size", type=int, help="default: 16")
-    p.add_argument("--num-workers", type=int, help="default: 0 on CPU, 4 on GPU")
+    p.add_argument("--precision", help="default: the recipe's (32 on CPU, bf16-mixed on GPU)")
+    p.add_argument("--image-size", type=int, help="default: the recipe's (128 CPU, 256 GPU)")
+    p.add_argument("--max-epochs", type=int, help="default: the recipe's (15 CPU, 100 GPU)")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's (8 CPU, 16 GPU)")
+    p.add_argument("--num-workers", type=int, help="default: the recipe's (0 CPU, 4 GPU)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--root", default="runs/main", help="run directory (default: runs/main)")
     p.add_argument("--seed", type=int, default=42)
@@ -86,7 +102,7 @@ def _data_args(args: argparse.Namespace, image_size: int) -> tuple[list[str], st
         return (
             [
                 "--config",
-                str(EXPERIMENTS / "data" / "busi.yaml"),
+                str(preset("data/busi.yaml")),
                 f"--data.sources.init_args.root={busi}",
             ],
             f"using BUSI at {busi} (benign + malignant, normal excluded, as in the paper)",
@@ -99,7 +115,7 @@ def _data_args(args: argparse.Namespace, image_size: int) -> tuple[list[str], st
     return (
         [
             "--config",
-            str(EXPERIMENTS / "data" / "synthetic.yaml"),
+            str(preset("data/synthetic.yaml")),
             f"--data.sources.init_args.n={args.synthetic_n}",
             f"--data.sources.init_args.image_size={max(image_size, 64)}",
         ],
@@ -108,37 +124,36 @@ def _data_args(args: argparse.Namespace, image_size: int) -> tuple[list[str], st
 
 
 def build_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], list[str]]:
-    """LightningCLI arguments (no sub-command), the recipe used, and lines to print."""
+    """LightningCLI arguments (no sub-command), the recipe used, and lines to print.
+
+    Composition, later wins: ``base.yaml``, the data preset, ``recipes/{cpu,gpu}.yaml``,
+    ``--variant-config``, then the explicit overrides given on the command line.
+    """
     accelerator = _accelerator(args.accelerator)
-    recipe = dict(GPU_RECIPE if accelerator == "gpu" else CPU_RECIPE)
-    for key in ("image_size", "max_epochs", "batch_size", "precision"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
-    workers = (
-        args.num_workers if args.num_workers is not None else (4 if accelerator == "gpu" else 0)
-    )
-    data_args, data_note = _data_args(args, recipe["image_size"])
+    recipe_name = "gpu" if accelerator == "gpu" else "cpu"
+    recipe = read_recipe(recipe_name)
+    overrides = []
+    for key, (group, field) in RECIPE_KEYS.items():
+        value = getattr(args, key)
+        if value is not None:
+            recipe[key] = value
+            overrides.append(f"--{group}.{field}={value}")
+    data_args, data_note = _data_args(args, int(recipe["image_size"]))
     cli_args = [
         "--config",
-        str(EXPERIMENTS / "base.yaml"),
+        str(preset("base.yaml")),
         *data_args,
         "--config",
-        args.variant_config,
+        str(preset(f"recipes/{recipe_name}.yaml")),
+        *(["--config", args.variant_config] if args.variant_config else []),
         f"--seed_everything={args.seed}",
         f"--trainer.accelerator={accelerator}",
         f"--trainer.devices={args.devices}",
-        f"--trainer.precision={recipe['precision']}",
-        f"--trainer.max_epochs={recipe['max_epochs']}",
         f"--trainer.default_root_dir={args.root}",
-        f"--data.image_size={recipe['image_size']}",
-        f"--data.batch_size={recipe['batch_size']}",
-        f"--data.num_workers={workers}",
+        *overrides,
         f"--data.fold={args.fold}",
         f"--data.seed={args.seed}",
     ]
-    if accelerator == "cpu":
-        # A short run: warm up for one epoch, not three; draw overlays every epoch.
-        cli_args += ["--model.warmup_epochs=1"]
     if args.limit_batches is not None:
         limit = args.limit_batches if args.limit_batches < 1 else int(args.limit_batches)
         cli_args += [
@@ -149,10 +164,11 @@ def build_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], lis
     notes = [data_note]
     if accelerator == "cpu":
         notes.append(
-            f"CPU-sized run: {recipe['image_size']} px, {recipe['max_epochs']} epochs (the paper's "
-            "recipe is 256 px, ~100 epochs on a GPU). Full recipe:\n"
+            f"CPU recipe (experiments/recipes/cpu.yaml): {recipe['image_size']} px, "
+            f"{recipe['max_epochs']} epochs, batch {recipe['batch_size']} (the paper's recipe "
+            "is 256 px, ~100 epochs on a GPU). Full recipe:\n"
             "  bus-mtl fit --config experiments/base.yaml --config experiments/data/busi.yaml "
-            f"--config experiments/variants/{BEST_VARIANT}.yaml --trainer.accelerator gpu\n"
+            "--config experiments/recipes/gpu.yaml --trainer.accelerator gpu\n"
             "  (or: bus-mtl main --accelerator gpu)"
         )
     return cli_args, recipe, notes

@@ -78,10 +78,31 @@ class Split:
                 [Problem(str(path), f"not a bus_mtl split file ({err!r} missing or malformed)")]
             ) from None
 
-    def check_against(self, ids: Sequence[str], where: str = "split") -> list[Problem]:
-        """Problems: ids unknown to the data, ids in two parts of one fold."""
+    def check_against(
+        self,
+        ids: Sequence[str],
+        where: str = "split",
+        groups: Sequence[Sequence[str]] = (),
+    ) -> list[Problem]:
+        """Problems: ids unknown to the data, ids in two parts of one fold, and near-duplicate
+        (or patient) ``groups`` whose images sit in different parts of a fold (a leak: the
+        same lesion would be trained on and tested on)."""
         known = set(ids)
         problems = []
+        for k, f in enumerate(self.folds):
+            part_of = {i: part for part, members in f.items() for i in members}
+            for g, members in enumerate(groups):
+                parts = {i: part_of[i] for i in members if i in part_of}
+                if len(set(parts.values())) > 1:
+                    spread = ", ".join(f"{i!r} in {p}" for i, p in sorted(parts.items()))
+                    problems.append(
+                        Problem(
+                            where,
+                            f"fold {k}: near-duplicate group {g} is split across parts "
+                            f"({spread}); keep a group in one part, or re-create the split "
+                            "with --data.split kfold",
+                        )
+                    )
         for k, f in enumerate(self.folds):
             seen: dict[str, str] = {}
             for part, members in f.items():

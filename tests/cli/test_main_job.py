@@ -21,21 +21,43 @@ def flag(args: list[str], name: str) -> str:
     return value
 
 
-def test_cpu_recipe_is_reduced_and_prints_the_gpu_command(monkeypatch, tmp_path):
+def test_cpu_recipe_is_the_yaml_file_and_prints_the_gpu_command(monkeypatch, tmp_path):
     monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
     args, recipe, notes = main_job.build_args(parse("--accelerator", "cpu"))
-    assert flag(args, "data.image_size") == "128" and flag(args, "trainer.max_epochs") == "8"
-    assert flag(args, "trainer.precision") == "32"
+    assert any(a.endswith("recipes/cpu.yaml") for a in args)
+    assert not any(a.startswith("--data.image_size") for a in args)  # the YAML's value
+    assert recipe == main_job.read_recipe("cpu")
+    assert recipe["precision"] == "32" and recipe["image_size"] % 32 == 0
     assert "synthetic" in notes[0] and "no BUSI found" in notes[0]
-    assert "CPU-sized run" in notes[1] and "--trainer.accelerator gpu" in notes[1]
-    assert any(a.endswith("variants/seg_features_effnet.yaml") for a in args)
+    assert "CPU recipe" in notes[1] and "--trainer.accelerator gpu" in notes[1]
+
+
+def test_cpu_recipe_builds_the_papers_best_variant(monkeypatch, tmp_path):
+    """The composed CPU configuration instantiates what the recipe file says."""
+    from bus_mtl.cli.lightning import build_cli
+    from bus_mtl.models import SegResNetEffNetFeatures
+
+    monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
+    args, recipe, _ = main_job.build_args(
+        parse("--accelerator", "cpu", "--root", str(tmp_path / "runs"))
+    )
+    cli = build_cli([*args, "--trainer.logger=false"], run=False)
+    assert isinstance(cli.model.net, SegResNetEffNetFeatures)
+    assert cli.model.net.model_name == "efficientnet-lite0"
+    assert cli.datamodule.image_size == recipe["image_size"]
+    assert cli.datamodule.batch_size == recipe["batch_size"]
+    assert cli.trainer.max_epochs == recipe["max_epochs"]
 
 
 def test_gpu_recipe_and_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
     args, recipe, notes = main_job.build_args(parse("--accelerator", "gpu", "--max-epochs", "7"))
-    assert flag(args, "data.image_size") == "256" and flag(args, "trainer.max_epochs") == "7"
-    assert flag(args, "trainer.precision") == "bf16-mixed"
+    assert any(a.endswith("recipes/gpu.yaml") for a in args)
+    assert recipe["image_size"] == 256 and flag(args, "trainer.max_epochs") == "7"
+    assert recipe["precision"] == "bf16-mixed"
+    # An override comes after the recipe file, so it wins.
+    position = next(i for i, a in enumerate(args) if a.endswith("recipes/gpu.yaml"))
+    assert args.index("--trainer.max_epochs=7") > position
     assert len(notes) == 1  # no CPU warning
 
 
@@ -82,7 +104,7 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     wandb.finish()
     assert code == 0
     out = capsys.readouterr().out
-    assert "synthetic phantom set" in out and "CPU-sized run" in out
+    assert "synthetic phantom set" in out and "CPU recipe" in out
     lines = {
         line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
         for line in out.splitlines()

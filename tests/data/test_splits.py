@@ -86,6 +86,15 @@ def test_split_json_roundtrip_and_check(tmp_path: Path) -> None:
     assert again.check_against([s.id for s in samples]) == []
     problems = again.check_against([s.id for s in samples[1:]], where="s.json")
     assert problems and "not in the data" in problems[0].message
+    # The split keeps the group a/1, a/2 together; data that groups a/1 with another image
+    # in another part makes the same file a leak, reported with the images and the group.
+    fold0 = again.fold(0)
+    part_of = {i: p for p, members in fold0.items() for i in members}
+    other = next(i for i, p in part_of.items() if p != part_of["a/1"])
+    leaks = again.check_against([s.id for s in samples], groups=[["a/1", "a/2"], ["a/1", other]])
+    assert leaks and all("near-duplicate group 1" in p.message for p in leaks)
+    assert "'a/1'" in leaks[0].message and repr(other) in leaks[0].message
+    assert again.check_against([s.id for s in samples], groups=[["a/1", "a/2"]]) == []
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(DataError, match="bad.json"):
         Split.load(tmp_path / "bad.json")
