@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bus_mtl.experiments.results import PERCENT_METRICS, reliability_bins  # noqa: E402
+from bus_mtl.experiments.results import ECE_BINS, PERCENT_METRICS, reliability_bins  # noqa: E402
 
 
 def reliability_diagram(
-    labels: np.ndarray, probs: np.ndarray, path: Path, n_bins: int = 10, title: str = ""
+    labels: np.ndarray, probs: np.ndarray, path: Path, n_bins: int = ECE_BINS, title: str = ""
 ) -> float:
     """Save a reliability diagram (observed malignant fraction vs mean probability per bin)
     with a histogram of the probabilities below it. Returns the ECE."""

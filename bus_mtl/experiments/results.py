@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bus_mtl.experiments.stats import mean_std
+from bus_mtl.training.metrics import ECE_BINS
 
 # The paper's table, in order. "params" comes from the checkpoint, not from a test metric.
 TABLE_METRICS: tuple[str, ...] = (
@@ -106,10 +107,21 @@ def read_predictions(out: Path) -> pd.DataFrame:
             if missing:
                 raise ValueError(f"{path}: missing columns {missing}")
             df.insert(1, "fold", int(d.name[5:]))
+            df["threshold"] = _fold_threshold(d)
             frames.append(df)
     if not frames:
         return pd.DataFrame(columns=["id", "fold", *PREDICTION_COLUMNS[1:]])
     return pd.concat(frames, ignore_index=True)
+
+
+def _fold_threshold(fold_dir: Path) -> float:
+    """The decision threshold a fold's test metrics were taken at (NaN when not recorded)."""
+    path = fold_dir / "metrics.json"
+    if not path.is_file():
+        return math.nan
+    data = json.loads(path.read_text())
+    value = data.get("metrics", data).get("test/decision_threshold")
+    return float(value) if value is not None else math.nan
 
 
 def binary_rows(pred: pd.DataFrame) -> pd.DataFrame:
@@ -118,13 +130,19 @@ def binary_rows(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[keep]
 
 
-def pooled_metrics(pred: pd.DataFrame, threshold: float = 0.5, n_bins: int = 10) -> dict:
+def pooled_metrics(pred: pd.DataFrame, threshold: float = 0.5, n_bins: int = ECE_BINS) -> dict:
     """Metrics over all out-of-fold images at once (not a mean of fold means).
 
-    Classification uses rows labelled 0/1 with a finite ``prob``; Dice/IoU/HD95 are
-    per-image means ignoring NaN (images where they do not apply).
+    Same definitions as the training logs (``bus_mtl.training.metrics``): AUC by
+    torchmetrics, "malignant" when ``prob > threshold``, ECE with ``n_bins`` (15)
+    equal-width bins of the malignancy probability (L1), Brier of that probability. Each
+    row is decided at its own fold's threshold (column ``threshold``, the operating point
+    fitted on that fold's validation part, as ``read_predictions`` adds it); rows without
+    one use ``threshold``. Classification uses rows labelled 0/1 with a finite ``prob``;
+    Dice/IoU/HD95 are per-image means ignoring NaN (images where they do not apply).
     """
-    from bus_mtl.experiments.stats import rank_auc
+    import torch
+    from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
     out: dict[str, float] = {"n_images": float(len(pred))}
     for name in ("dice", "iou", "hd95"):
@@ -135,23 +153,28 @@ def pooled_metrics(pred: pd.DataFrame, threshold: float = 0.5, n_bins: int = 10)
     if len(cls):
         y = cls["label"].to_numpy(dtype=int)
         p = cls["prob"].to_numpy(dtype=float)
-        hat = (p >= threshold).astype(int)
+        t = np.full(len(cls), float(threshold))
+        if "threshold" in cls.columns:
+            given = cls["threshold"].to_numpy(dtype=float)
+            t = np.where(np.isfinite(given), given, t)
+        hat = (p > t).astype(int)
         tp = int(((hat == 1) & (y == 1)).sum())
         tn = int(((hat == 0) & (y == 0)).sum())
         fp = int(((hat == 1) & (y == 0)).sum())
         fn = int(((hat == 0) & (y == 1)).sum())
-        out["auc"] = rank_auc(y, p)
+        pt, yt = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y)
+        out["auc"] = float(binary_auroc(pt, yt)) if 0 < y.sum() < len(y) else math.nan
         out["acc"] = (tp + tn) / len(y)
         out["sensitivity"] = tp / (tp + fn) if tp + fn else math.nan
         out["specificity"] = tn / (tn + fp) if tn + fp else math.nan
         out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
         out["brier"] = float(np.mean((p - y) ** 2))
-        out["ece"] = reliability_bins(y, p, n_bins)["ece"]
+        out["ece"] = float(binary_calibration_error(pt, yt, n_bins=n_bins, norm="l1"))
         out["n_classified"] = float(len(y))
     return out
 
 
-def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict:
+def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = ECE_BINS) -> dict:
     """Equal-width confidence bins of the malignancy probability.
 
     Returns per-bin ``count``, mean predicted ``confidence`` and observed ``frequency``

@@ -17,7 +17,7 @@ __all__ = ["expected_calibration_error", "fit_temperature", "reliability_diagram
 
 
 def reliability_diagram(
-    probs: np.ndarray, labels: np.ndarray, path: str | Path, n_bins: int = 10, title: str = ""
+    probs: np.ndarray, labels: np.ndarray, path: str | Path, n_bins: int = 15, title: str = ""
 ) -> float:
     """Save a reliability diagram PNG of malignancy ``probs`` against binary ``labels``
     (labels other than 0/1 and NaN probabilities are dropped); returns the ECE.

@@ -14,6 +14,7 @@ from bus_mtl.experiments.results import (
     format_mean_std,
     pooled_metrics,
     read_fold_metrics,
+    read_predictions,
     reliability_bins,
     summarize_folds,
     write_cv_summary,
@@ -147,3 +148,28 @@ def test_join_predictions_aligns_by_id():
     b = pd.DataFrame({"id": ["y", "x"], "label": [0, 1], "fold": [0, 0], "prob": [0.3, 0.6]})
     j = join_predictions({("kfold", "a"): a, ("kfold", "b"): b}).set_index("id")
     assert j.loc["x", "prob_a"] == 0.9 and j.loc["x", "prob_b"] == 0.6
+
+
+def test_pooled_metrics_use_each_folds_stored_threshold(tmp_path):
+    # Fold 0 decided at 0.3, fold 1 at 0.8: the same probability 0.5 is malignant in fold 0
+    # and benign in fold 1, as each fold's own test metrics counted it.
+    make_fold(
+        tmp_path,
+        0,
+        {"test/decision_threshold": 0.3},
+        preds(["a", "b"], [1, 0], [0.5, 0.1], [0.7, 0.8]),
+    )
+    make_fold(
+        tmp_path,
+        1,
+        {"test/decision_threshold": 0.8},
+        preds(["c", "d"], [1, 0], [0.5, 0.1], [0.6, 0.9]),
+    )
+    pred = read_predictions(tmp_path)
+    assert sorted(pred["threshold"].unique()) == [0.3, 0.8]
+    pooled = pooled_metrics(pred)
+    assert pooled["sensitivity"] == pytest.approx(1 / 2)  # a found, c missed
+    assert pooled["specificity"] == pytest.approx(1.0)
+    # Without stored thresholds every row is decided at 0.5 (strictly above, as in training).
+    plain = pooled_metrics(pred.drop(columns="threshold"))
+    assert plain["sensitivity"] == 0.0
