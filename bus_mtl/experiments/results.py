@@ -162,7 +162,7 @@ def pooled_metrics(pred: pd.DataFrame, threshold: float = 0.5, n_bins: int = ECE
         tn = int(((hat == 0) & (y == 0)).sum())
         fp = int(((hat == 1) & (y == 0)).sum())
         fn = int(((hat == 0) & (y == 1)).sum())
-        pt, yt = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y)
+        pt, yt = torch.tensor(p, dtype=torch.float64), torch.tensor(y)
         out["auc"] = float(binary_auroc(pt, yt)) if 0 < y.sum() < len(y) else math.nan
         out["acc"] = (tp + tn) / len(y)
         out["sensitivity"] = tp / (tp + fn) if tp + fn else math.nan
