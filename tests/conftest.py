@@ -62,3 +62,41 @@ def synthetic_source(synthetic_root: Path):
     from bus_mtl.data import SyntheticSource
 
     return SyntheticSource(n=32, image_size=64, seed=0, root=synthetic_root)
+
+
+@pytest.fixture(scope="session")
+def conflicting_busi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature BUSI (64 px phantoms: benign (1)-(8), malignant (1)-(8), normal (1)-(2))
+    with near-duplicates saved as exact copies under other names:
+
+    - ``malignant (9)`` = ``benign (2)`` (mask too): a benign/malignant conflict;
+    - ``benign (9)`` = ``benign (3)``: a same-class group, not a conflict;
+    - ``normal (3)`` = ``benign (5)`` (empty mask): a conflict only with ``normal="class"``
+      (or ``"seg_only"``).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from bus_mtl.data import make_phantom
+
+    root = tmp_path_factory.mktemp("conflicts") / "busi"
+    top = root / "Dataset_BUSI_with_GT"
+    for name in ("benign", "malignant", "normal"):
+        (top / name).mkdir(parents=True)
+
+    def save(name: str, k: int, image: np.ndarray, mask: np.ndarray) -> None:
+        Image.fromarray(image).save(top / name / f"{name} ({k}).png")
+        Image.fromarray(mask.astype(np.uint8) * 255).convert("1").save(
+            top / name / f"{name} ({k})_mask.png"
+        )
+
+    phantoms = [make_phantom(i, seed=11, size=64) for i in range(18)]
+    for k in range(1, 9):
+        save("benign", k, *phantoms[2 * k - 2][:2])
+        save("malignant", k, *phantoms[2 * k - 1][:2])
+    for k in (1, 2):
+        save("normal", k, phantoms[15 + k][0], np.zeros((64, 64), np.uint8))
+    save("malignant", 9, *phantoms[2][:2])  # benign (2)
+    save("benign", 9, *phantoms[4][:2])  # benign (3)
+    save("normal", 3, phantoms[8][0], np.zeros((64, 64), np.uint8))  # benign (5)
+    return root

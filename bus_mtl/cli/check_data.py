@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split-out", type=Path, default=None, help="also write a 5-fold split JSON here"
     )
+    p.add_argument(
+        "--conflicts-out",
+        type=Path,
+        default=None,
+        help="also write the cross-class near-duplicate groups (group, id, label, image file; "
+        "with --split-out, the fold whose test part holds each) as CSV here",
+    )
     p.add_argument("--max-problems", type=int, default=200, help="problems printed at most")
     return p
 
@@ -57,9 +64,11 @@ def main(argv: list[str]) -> int:
         SyntheticSource,
         UDIATSource,
         check_data,
+        conflict_rows,
         find_busi_root,
         format_report,
         kfold_split,
+        write_conflicts_csv,
     )
 
     sources = []
@@ -87,8 +96,12 @@ def main(argv: list[str]) -> int:
     if not report.ok:
         print(f"FAILED: {len(report.errors)} error(s)", file=sys.stderr)
         return 1
+    split = None
     if args.split_out:
         split = kfold_split(report.samples, report.groups, dup_threshold=threshold)
         print(f"split written to {split.save(args.split_out)}")
+    if args.conflicts_out:
+        path = write_conflicts_csv(conflict_rows(report, split), args.conflicts_out)
+        print(f"cross-class groups written to {path}")
     print("OK")
     return 0

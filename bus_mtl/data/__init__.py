@@ -2,8 +2,19 @@
 decode cache, augmentation presets and :class:`BUSDataModule`."""
 
 from bus_mtl.data.cache import DecodeCache, SampleInfo, sample_key
-from bus_mtl.data.check import DataReport, check_data, format_report
-from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD, group_samples, phash
+from bus_mtl.data.check import (
+    DataReport,
+    check_data,
+    conflict_rows,
+    format_report,
+    write_conflicts_csv,
+)
+from bus_mtl.data.duplicates import (
+    DEFAULT_DUP_THRESHOLD,
+    cross_class_groups,
+    group_samples,
+    phash,
+)
 from bus_mtl.data.errors import DataError, Problem
 from bus_mtl.data.io import read_image, read_mask, read_masks
 from bus_mtl.data.paths import default_cache_dir, find_busi_root
@@ -47,6 +58,8 @@ __all__ = [
     "build_transform",
     "by_centre_split",
     "check_data",
+    "conflict_rows",
+    "cross_class_groups",
     "default_cache_dir",
     "default_source",
     "find_busi_root",
@@ -60,6 +73,7 @@ __all__ = [
     "read_mask",
     "read_masks",
     "sample_key",
+    "write_conflicts_csv",
 ]
 
 _LAZY = {"BUSDataModule": "bus_mtl.data.datamodule", "BUSDataset": "bus_mtl.data.dataset"}

@@ -3,10 +3,14 @@
 One pass decodes every file (filling the decode cache on the way), so every problem is
 found before training starts, each naming its file: unreadable/corrupt or missing files,
 missing masks, mask size ≠ image size, unknown labels, empty folders, duplicate ids.
+Near-duplicate groups whose members carry different labels (cross-class groups) are listed
+by file (:func:`conflict_rows`); they are not errors: the data is kept as published unless
+``BUSDataModule(drop_conflicting=True)``.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bus_mtl.data.cache import DecodeCache, SampleInfo, sample_key
-from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD, group_samples
+from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD, cross_class_groups, group_samples
 from bus_mtl.data.errors import DataError, Problem, errors_only
 from bus_mtl.data.sample import CLASS_NAMES, NO_LABEL, Sample
 from bus_mtl.data.sources.base import Source, as_source
@@ -47,9 +51,35 @@ class DataReport:
         return not self.errors
 
     @property
-    def cross_class_groups(self) -> list[list[str]]:
+    def conflicting_groups(self) -> list[tuple[int, list[str]]]:
+        """``(group id, images)`` of the near-duplicate groups whose labels disagree; the
+        id is the index in ``groups`` (and in a split file's ``groups``).
+
+        Only image similarity makes a conflict: a patient group (``Sample.group``) may hold
+        a benign and a malignant lesion of one patient, so with patient ids the images
+        listed are those of the near-duplicate (pHash) components whose labels disagree,
+        under the id of the group that holds them.
+        """
         label = {s.id: s.label for s in self.samples}
-        return [g for g in self.groups if len({label[i] for i in g}) > 1]
+        if not any(s.group for s in self.samples):
+            return cross_class_groups(self.groups, label)
+        ids = [s.id for s in self.samples]
+        hashes = {i: self.infos[i].phash for i in ids if i in self.infos}
+        looks_alike = group_samples(ids, hashes, self.dup_threshold)
+        group_of = {i: k for k, g in enumerate(self.groups) for i in g}
+        found: dict[int, set[str]] = {}
+        for _, members in cross_class_groups(looks_alike, label):
+            found.setdefault(group_of[members[0]], set()).update(members)
+        return [(k, sorted(found[k])) for k in sorted(found)]
+
+    @property
+    def cross_class_groups(self) -> list[list[str]]:
+        return [g for _, g in self.conflicting_groups]
+
+    @property
+    def conflicting_ids(self) -> set[str]:
+        """Every image of a cross-class group."""
+        return {i for _, g in self.conflicting_groups for i in g}
 
     def counts(self) -> Counter[tuple[str, str]]:
         """Images per (centre, class name)."""
@@ -114,6 +144,49 @@ def check_data(
     return DataReport(samples, infos, keys, problems, groups, dup_threshold)
 
 
+#: Columns of ``conflicting_groups.csv`` (``check-data --conflicts-out``, ``bus-mtl cv``).
+CONFLICT_COLUMNS = ("group", "id", "label", "label_name", "centre", "image", "test_fold")
+
+
+def conflict_rows(report: DataReport, split: object | None = None) -> list[dict[str, object]]:
+    """One row per image of a cross-class near-duplicate group (see ``CONFLICT_COLUMNS``).
+
+    ``image`` is the image file; ``test_fold`` the fold(s) of ``split`` (a
+    :class:`~bus_mtl.data.splits.Split`) whose test part holds the image, ``;``-joined, or
+    empty when no split is given or no test part holds it.
+    """
+    by_id = {s.id: s for s in report.samples}
+    folds = list(getattr(split, "folds", []) or [])
+    test_sets = [set(f.get("test", [])) for f in folds]
+    rows: list[dict[str, object]] = []
+    for k, members in report.conflicting_groups:
+        for i in members:
+            s = by_id[i]
+            rows.append(
+                {
+                    "group": k,
+                    "id": i,
+                    "label": s.label,
+                    "label_name": label_name(s.label),
+                    "centre": s.centre,
+                    "image": str(s.image),
+                    "test_fold": ";".join(str(f) for f, t in enumerate(test_sets) if i in t),
+                }
+            )
+    return rows
+
+
+def write_conflicts_csv(rows: Sequence[dict[str, object]], path: str | Path) -> Path:
+    """Write :func:`conflict_rows` to ``path`` (header only when there is no conflict)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CONFLICT_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def format_report(report: DataReport, max_problems: int = 200) -> str:
     """Plain-text report: counts per class and centre, sizes, coverage, duplicates, problems."""
     lines: list[str] = []
@@ -143,15 +216,27 @@ def format_report(report: DataReport, max_problems: int = 200) -> str:
                 else ""
             )
         )
-    cross = report.cross_class_groups
+    cross = report.conflicting_groups
     n_dup = sum(len(g) for g in report.groups)
     lines.append(
         f"near-duplicate groups (pHash Hamming <= {report.dup_threshold}, with patient groups): "
         f"{len(report.groups)} groups, {n_dup} images, {len(cross)} crossing classes"
     )
-    label = {s.id: s.label for s in report.samples}
-    for g in cross:
-        lines.append("  cross-class: " + ", ".join(f"{i} [{label_name(label[i])}]" for i in g))
+    if cross:
+        rows = conflict_rows(report)
+        lines.append(
+            f"cross-class near-duplicate groups: {len(cross)} groups, {len(rows)} images "
+            "(labels disagree; kept as published unless data.drop_conflicting=true)"
+        )
+        id_width = max(len(str(r["id"])) for r in rows)
+        name_width = max(len(str(r["label_name"])) for r in rows)
+        for k, _ in cross:
+            lines.append(f"  group {k}:")
+            for r in (r for r in rows if r["group"] == k):
+                lines.append(
+                    f"    {str(r['id']).ljust(id_width)}  {str(r['label_name']).ljust(name_width)}"
+                    f"  {r['image']}"
+                )
     errors = report.errors
     warnings = [p for p in report.problems if p.severity != "error"]
     lines.append(f"problems: {len(errors)} error(s), {len(warnings)} warning(s)")

@@ -44,6 +44,13 @@ class BUSDataModule(L.LightningDataModule):
         test_centres: held-out centres for ``by_centre``.
         val_fraction: grouped, stratified share of the non-test data used for validation.
         dup_threshold: pHash Hamming distance for near-duplicate groups (-1 disables).
+        drop_conflicting: drop every image of a near-duplicate group whose labels disagree
+            (e.g. ``benign (333)`` and ``malignant (77)``: 6 groups, 14 images of BUSI's
+            647) from training, validation and test. Off by default: the paper kept the
+            data as published. The split is made on all images either way (so folds are the
+            same with and without dropping, and a whole group is dropped, never part of
+            one); the fold's parts then leave the dropped images out, also when they come
+            from a split file, and ``setup()`` prints the groups and images dropped.
         image_size: side of the square network input; a multiple of 32.
         in_channels: 1, or 3 (gray replicated, for ImageNet-style encoders).
         batch_size: batch size of every loader.
@@ -66,6 +73,7 @@ class BUSDataModule(L.LightningDataModule):
         test_centres: list[str] | None = None,
         val_fraction: float = 0.15,
         dup_threshold: int = DEFAULT_DUP_THRESHOLD,
+        drop_conflicting: bool = False,
         image_size: int = 256,
         in_channels: int = 1,
         batch_size: int = 16,
@@ -99,6 +107,17 @@ class BUSDataModule(L.LightningDataModule):
             raise ValueError(
                 f"dup_threshold: a 64-bit hash distance is at most 64, got {dup_threshold}"
             )
+        if not isinstance(drop_conflicting, bool):
+            raise ValueError(
+                f"drop_conflicting: must be true or false, got {drop_conflicting!r}; "
+                "set data.drop_conflicting: true to drop cross-class near-duplicate groups"
+            )
+        if drop_conflicting and dup_threshold < 0:
+            raise ValueError(
+                f"drop_conflicting: needs near-duplicate groups, but dup_threshold is "
+                f"{dup_threshold} (detection off); set dup_threshold >= 0 (default "
+                f"{DEFAULT_DUP_THRESHOLD}) or drop_conflicting: false"
+            )
         if image_size < 32 or image_size % 32:
             raise ValueError(f"image_size: must be a positive multiple of 32, got {image_size}")
         if in_channels not in (1, 3):
@@ -118,6 +137,7 @@ class BUSDataModule(L.LightningDataModule):
         self.test_centres = list(test_centres) if test_centres else None
         self.val_fraction = val_fraction
         self.dup_threshold = dup_threshold
+        self.drop_conflicting = drop_conflicting
         self._image_size = image_size
         self._in_channels = in_channels
         self.batch_size = batch_size
@@ -132,6 +152,8 @@ class BUSDataModule(L.LightningDataModule):
         self.report: DataReport | None = None
         self.split: Split | None = None
         self.datasets: dict[str, BUSDataset] = {}
+        #: ``{group id: [ids]}`` removed by ``drop_conflicting`` in ``setup()``.
+        self.dropped_groups: dict[int, list[str]] = {}
         self._normalization: dict[str, float] | None = None
 
     def _check_cache_outside_data(self) -> None:
@@ -214,6 +236,30 @@ class BUSDataModule(L.LightningDataModule):
             )
         return split
 
+    def _drop_conflicting(
+        self, report: DataReport, parts: dict[str, list[str]]
+    ) -> dict[str, list[str]]:
+        """``parts`` without the images of cross-class near-duplicate groups (printed)."""
+        self.dropped_groups = dict(report.conflicting_groups)
+        drop = {i for g in self.dropped_groups.values() for i in g}
+        kept = {name: [i for i in ids if i not in drop] for name, ids in parts.items()}
+        where = ", ".join(f"{name} {len(ids) - len(kept[name])}" for name, ids in parts.items())
+        named = sum(len(ids) - len(kept[name]) for name, ids in parts.items())
+        note = ""
+        if self.split_kind == "file" and named:
+            note = (
+                f"; the split file {self.split_file} names {named} of them: they are left "
+                "out here, the file is unchanged"
+            )
+        listing = "; ".join(f"group {k}: {', '.join(g)}" for k, g in self.dropped_groups.items())
+        print(
+            f"data.drop_conflicting: dropped {len(drop)} image(s) of "
+            f"{len(self.dropped_groups)} cross-class near-duplicate group(s) from fold "
+            f"{self.fold} ({where}){note}" + (f": {listing}" if listing else ""),
+            flush=True,
+        )
+        return kept
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -231,6 +277,8 @@ class BUSDataModule(L.LightningDataModule):
         if self.split_out:
             self.split.save(self.split_out)
         parts = self.split.fold(self.fold)
+        if self.drop_conflicting:
+            parts = self._drop_conflicting(report, parts)
         by_id = {s.id: s for s in samples}
         cache = DecodeCache(self._image_size, self.cache_dir)
         chosen = {

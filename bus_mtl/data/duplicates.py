@@ -9,6 +9,11 @@ splits the 64 coefficients 32/32): every pair inspected at distance ≤ 10 is th
 or another frame of the same lesion, while at 12 merely similar scans of different lesions
 appear (e.g. ``benign (1)`` vs ``malignant (146)``). At 10, BUSI forms 149 groups holding
 335 images, 8 of them crossing classes (Pawłowska et al. 2023 report 235 duplicated images).
+
+A group "crosses classes" (:func:`cross_class_groups`) when its members carry more than one
+label: the same lesion filed as benign and as malignant (or, with ``normal="class"`` or
+``"seg_only"``, as normal). A group's id is its index in the sorted list
+:func:`group_samples` returns, the same index a split file's ``groups`` uses.
 """
 
 from __future__ import annotations
@@ -93,3 +98,18 @@ def group_samples(
     for i in ids:
         comps.setdefault(uf.find(i), []).append(i)
     return sorted((sorted(c) for c in comps.values() if len(c) > 1), key=lambda c: c[0])
+
+
+def cross_class_groups(
+    groups: Sequence[Sequence[str]], labels: Mapping[str, int]
+) -> list[tuple[int, list[str]]]:
+    """``(group id, members)`` of the groups whose members carry more than one label.
+
+    The group id is the index in ``groups``; members without a label in ``labels`` are
+    ignored when comparing labels but still listed.
+    """
+    out = []
+    for k, group in enumerate(groups):
+        if len({labels[i] for i in group if i in labels}) > 1:
+            out.append((k, list(group)))
+    return out

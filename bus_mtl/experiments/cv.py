@@ -13,6 +13,8 @@ down), let ``--parallel N`` folds share one GPU, and make a killed run resumable
     OUT/fold_k/fold.log             output of the fold's process (its fit and test commands)
     OUT/fold_k/DONE                 written last; a fold with DONE is never rerun
     OUT/summary.{csv,md,json}, reliability.png
+    OUT/conflicting_groups.csv      near-duplicate groups whose labels disagree: group, id,
+                                    label, image file, the fold whose test part holds it
 
 A fold without ``DONE`` resumes: its fit restarts from ``last.ckpt`` when one exists (the
 config's ``ModelCheckpoint`` needs ``save_last: true``), and a fold whose fit finished only
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +39,7 @@ from typing import Any
 import yaml
 
 from bus_mtl.experiments.results import (
+    CONFLICTS_CSV,
     binary_rows,
     read_predictions,
     write_cv_summary,
@@ -105,7 +109,7 @@ def make_split(
     trained on the other centres and tested on it (both directions for two centres).
     Returns the split as a dict with ``fold_names``.
     """
-    from bus_mtl.data.check import check_data
+    from bus_mtl.data.check import check_data, conflict_rows, write_conflicts_csv
     from bus_mtl.data.splits import Split, by_centre_split, kfold_split
 
     if protocol not in PROTOCOLS:
@@ -142,6 +146,7 @@ def make_split(
         )
         names = [f"{'+'.join(x for x in centres if x != c)}→{c}" for c in centres]
     split.save(path)
+    write_conflicts_csv(conflict_rows(report, split), Path(path).with_name(CONFLICTS_CSV))
     names_path = Path(path).with_name(Path(path).stem + "_names.json")
     names_path.write_text(json.dumps(names))
     return {"n_folds": len(split.folds), "fold_names": names}
@@ -373,6 +378,12 @@ def record_inputs(out: Path, argv: Sequence[str] | None, jobs: Sequence[FoldJob]
         (out / "command.txt").write_text(shlex.join(["bus-mtl", *argv]) + "\n")
     seeds = {f"fold_{j.fold}": j.seed for j in jobs}
     write_json(out / "seeds.json", seeds)
+    # make_split writes the cross-class groups beside the split; a folder sharing the split
+    # (a compare variant) gets its own copy, so its summary can count them.
+    conflicts = {Path(j.split_path).with_name(CONFLICTS_CSV) for j in jobs}
+    for src in conflicts:
+        if src.is_file() and src.resolve() != (out / CONFLICTS_CSV).resolve():
+            shutil.copyfile(src, out / CONFLICTS_CSV)
 
 
 def finish(out: Path) -> dict[str, Any]:

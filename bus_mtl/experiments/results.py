@@ -36,6 +36,8 @@ PERCENT_METRICS = frozenset(
     {"dice", "iou", "auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc"}
 )
 PREDICTION_COLUMNS = ("id", "centre", "label", "prob", "dice", "iou", "hd95", "mask_area")
+#: Cross-class near-duplicate groups of a cv folder (written by ``cv.make_split``).
+CONFLICTS_CSV = "conflicting_groups.csv"
 
 
 def fold_dirs(out: Path) -> list[Path]:
@@ -235,6 +237,20 @@ def write_json(path: Path, data: object) -> None:
     Path(path).write_text(json.dumps(_jsonable(data), indent=2) + "\n")
 
 
+def conflicts_summary(out: Path, pred: pd.DataFrame | None = None) -> dict | None:
+    """Counts from ``OUT/conflicting_groups.csv`` (None when the folder has none): cross-class
+    near-duplicate ``groups``, their ``images``, and how many of those images are
+    ``evaluated`` (present in the per-image test predictions ``pred``)."""
+    path = Path(out) / CONFLICTS_CSV
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, dtype={"id": str})
+    ids = set(table["id"]) if "id" in table else set()
+    evaluated = len(ids & set(pred["id"].astype(str))) if pred is not None and len(pred) else 0
+    groups = table["group"].nunique() if "group" in table else 0
+    return {"groups": int(groups), "images": len(ids), "evaluated": evaluated}
+
+
 def write_cv_summary(out: Path, metrics: Iterable[str] | None = None) -> dict:
     """Write ``summary.csv``, ``summary.md``, ``summary.json`` for one cv folder.
 
@@ -272,6 +288,15 @@ def write_cv_summary(out: Path, metrics: Iterable[str] | None = None) -> dict:
         markdown_table(shown, ["metric", "mean ± std", "pooled", "n"]),
         "",
     ]
+    conflicts = conflicts_summary(out, pred)
+    if conflicts is not None:
+        md += [
+            f"Cross-class near-duplicate groups (labels disagree): {conflicts['groups']} "
+            f"groups, {conflicts['images']} images, listed in {CONFLICTS_CSV}; "
+            f"{conflicts['evaluated']} of these images are among the test predictions "
+            "(`data.drop_conflicting: true` leaves them out of every part).",
+            "",
+        ]
     (out / "summary.md").write_text("\n".join(md))
     payload = {
         "folds": per_fold.to_dict(orient="records"),
@@ -286,5 +311,7 @@ def write_cv_summary(out: Path, metrics: Iterable[str] | None = None) -> dict:
         },
         "pooled": pooled,
     }
+    if conflicts is not None:
+        payload["conflicting_groups"] = conflicts
     write_json(out / "summary.json", payload)
     return payload
