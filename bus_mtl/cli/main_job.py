@@ -198,6 +198,12 @@ def _report(cli: Any, paths: dict[str, Any], test_metrics: dict[str, float]) -> 
                 url = getattr(logger.experiment, "url", None)
                 lines.append(f"W&B run         : {url or run_dir}")
     lines.append("test metrics (best checkpoint, fold's test part):")
+    if any(k.endswith("_input") for k in test_metrics):
+        size = getattr(cli.datamodule, "image_size", None)
+        lines.append(
+            "  dice/iou/hd95 at each image's original size (hd95 in original pixels); "
+            f"*_input: at the {size}x{size} network input"
+        )
     for key in sorted(test_metrics):
         lines.append(f"  {key:<22} {test_metrics[key]:.4f}")
     return lines

@@ -12,7 +12,12 @@ from torch.utils.data import DataLoader
 
 from bus_mtl.data.cache import DecodeCache
 from bus_mtl.data.check import DataReport, check_data
-from bus_mtl.data.dataset import BUSDataset, EpochSampler, seed_worker_augmentation
+from bus_mtl.data.dataset import (
+    BUSDataset,
+    EpochSampler,
+    collate_samples,
+    seed_worker_augmentation,
+)
 from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD
 from bus_mtl.data.errors import DataError, raise_if_errors
 from bus_mtl.data.paths import default_cache_dir
@@ -292,7 +297,13 @@ class BUSDataModule(L.LightningDataModule):
             aug = self.augmentation if name == "train" else "none"
             transform = build_transform(aug, mean, std, seed=self.seed)
             self.datasets[name] = BUSDataset(
-                subset, cache, transform, self._in_channels, report.keys
+                subset,
+                cache,
+                transform,
+                self._in_channels,
+                report.keys,
+                # Test metrics are reported on the clinician's mask at its own size.
+                original_masks=name == "test",
             )
 
     def _compute_normalization(
@@ -327,6 +338,7 @@ class BUSDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=seed_worker_augmentation,
+            collate_fn=collate_samples,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -8,15 +8,19 @@ from collections.abc import Sequence
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from bus_mtl.data.cache import DecodeCache
+from bus_mtl.data.io import read_masks
 from bus_mtl.data.sample import Sample
 
 
 class BUSDataset(Dataset):
     """Items are dicts: ``image`` C×H×W float, ``mask`` 1×H×W float in {0,1}, ``label``
-    long scalar (-1 = no class label), ``id`` str, ``centre`` str.
+    long scalar (-1 = no class label), ``id`` str, ``centre`` str; with
+    ``original_masks=True`` also ``orig_mask``, the H0×W0 uint8 lesion mask at the image's
+    original size (what test metrics are reported on; batch them with
+    :func:`collate_samples`, which keeps these as a list).
 
     Args:
         samples: the samples to serve.
@@ -24,6 +28,8 @@ class BUSDataset(Dataset):
         transform: albumentations pipeline ending in normalisation.
         in_channels: 1, or 3 to replicate the grayscale channel.
         keys: precomputed cache keys by sample id (avoids ``stat`` calls per item).
+        original_masks: also serve the mask at the original resolution (read from the
+            source files on every access: meant for the test part, not for training).
     """
 
     def __init__(
@@ -33,6 +39,7 @@ class BUSDataset(Dataset):
         transform: A.Compose,
         in_channels: int = 1,
         keys: dict[str, str] | None = None,
+        original_masks: bool = False,
     ) -> None:
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels: must be 1 or 3, got {in_channels}")
@@ -41,6 +48,7 @@ class BUSDataset(Dataset):
         self.transform = transform
         self.in_channels = in_channels
         self.keys = keys or {}
+        self.original_masks = original_masks
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,13 +72,35 @@ class BUSDataset(Dataset):
         if self.in_channels == 3 and img.shape[0] == 1:
             img = img.expand(3, -1, -1).contiguous()
         msk = torch.from_numpy(np.ascontiguousarray(out["mask"])).to(torch.float32)
-        return {
+        item: dict[str, object] = {
             "image": img,
             "mask": msk.reshape(1, *msk.shape[-2:]),
             "label": torch.tensor(s.label, dtype=torch.long),
             "id": s.id,
             "centre": s.centre,
         }
+        if self.original_masks:
+            item["orig_mask"] = torch.from_numpy(self.original_mask(index))
+        return item
+
+    def original_mask(self, index: int) -> np.ndarray:
+        """H0×W0 uint8 lesion mask in {0, 1} at the image's original size."""
+        s = self.samples[index]
+        info = self.cache.inspect(s, self.keys.get(s.id))
+        return read_masks(s.masks, (info.height, info.width))
+
+
+# Items whose size differs between images: batched as lists, not stacked.
+RAGGED_KEYS = ("orig_mask",)
+
+
+def collate_samples(items: list[dict[str, object]]) -> dict[str, object]:
+    """``default_collate`` for :class:`BUSDataset` items, with the variable-size entries
+    (``orig_mask``) kept as a list of tensors."""
+    ragged = {k: [it.pop(k) for it in items] for k in RAGGED_KEYS if k in items[0]}
+    batch = default_collate(items)
+    batch.update(ragged)
+    return batch
 
 
 def seed_worker_augmentation(worker_id: int) -> None:

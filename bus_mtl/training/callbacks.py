@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 PER_IMAGE_COLUMNS = ("id", "centre", "label", "prob", "dice", "iou", "hd95", "mask_area")
+# Written when the test part carried original-size masks: then dice/iou/hd95/mask_area are at
+# each image's original size and these hold the working-resolution values.
+INPUT_RES_COLUMNS = ("dice_input", "iou_input", "hd95_input", "mask_area_input")
 
 
 def _last_good_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -78,7 +81,9 @@ class PerImagePredictions(Callback):
     """Writes ``test_step``'s per-image values as CSV at the end of ``test``.
 
     One row per image, columns ``id, centre, label, prob, dice, iou, hd95, mask_area``
-    (see ARCHITECTURE.md). Under DDP the rows of all ranks are gathered and the padding
+    (see ARCHITECTURE.md), plus ``dice_input, iou_input, hd95_input, mask_area_input``
+    when the segmentation values are at the original size (then these are the
+    working-resolution ones). Under DDP the rows of all ranks are gathered and the padding
     duplicates of the distributed sampler dropped.
 
     Args:
@@ -104,9 +109,10 @@ class PerImagePredictions(Callback):
     ) -> None:
         if not isinstance(outputs, dict):
             return
-        columns = {c: _to_list(outputs[c]) for c in PER_IMAGE_COLUMNS}
+        names = [*PER_IMAGE_COLUMNS, *(c for c in INPUT_RES_COLUMNS if c in outputs)]
+        columns = {c: _to_list(outputs[c]) for c in names}
         for i in range(len(columns["id"])):
-            self._rows.append({c: columns[c][i] for c in PER_IMAGE_COLUMNS})
+            self._rows.append({c: columns[c][i] for c in names})
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rows = self._rows
@@ -127,7 +133,8 @@ class PerImagePredictions(Callback):
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(PER_IMAGE_COLUMNS))
+            extra = [c for c in INPUT_RES_COLUMNS if any(c in row for row in unique)]
+            writer = csv.DictWriter(f, fieldnames=[*PER_IMAGE_COLUMNS, *extra])
             writer.writeheader()
             for row in unique:
                 writer.writerow({k: _format(v) for k, v in row.items()})

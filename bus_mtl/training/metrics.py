@@ -45,6 +45,7 @@ __all__ = [
     "ClassificationMetrics",
     "SegmentationMetrics",
     "hd95",
+    "original_size_seg_metrics",
     "per_image_seg_metrics",
 ]
 
@@ -155,6 +156,43 @@ def per_image_seg_metrics(
     }
 
 
+def original_size_seg_metrics(
+    mask_logits: Tensor,
+    targets: list[Tensor],
+    threshold: float = 0.5,
+    include_background: bool = False,
+    with_hd95: bool = True,
+) -> dict[str, Tensor]:
+    """:func:`per_image_seg_metrics` at each image's original size.
+
+    The network sees a square resize of every image (BUSI's aspect ratio runs from 0.57 to
+    2.05); a clinician's mask is drawn on the original. Each image's logits are resized back
+    (bilinear, like a deployed model's output) to its target's H0×W0 before thresholding, so
+    Dice, IoU and HD95 (in original pixels) are those of the mask a user would get.
+
+    Args:
+        mask_logits: B×1×h×w lesion logits at the working resolution.
+        targets: B masks of shape H0×W0 (any dtype, lesion > 0.5 or > 0), one per image.
+    """
+    if mask_logits.ndim != 4 or mask_logits.shape[1] != 1:
+        raise ValueError(f"expected mask logits of shape B×1×H×W, got {tuple(mask_logits.shape)}.")
+    if len(targets) != mask_logits.shape[0]:
+        raise ValueError(
+            f"{len(targets)} original-size masks for a batch of {mask_logits.shape[0]} images."
+        )
+    rows = []
+    for logits, target in zip(mask_logits, targets):
+        if target.ndim != 2:
+            raise ValueError(f"original-size masks must be H×W, got {tuple(target.shape)}.")
+        size = tuple(int(v) for v in target.shape)
+        up = torch.nn.functional.interpolate(
+            logits[None].float(), size=size, mode="bilinear", align_corners=False
+        )
+        true = (target.to(up.device) > 0).float()[None, None]
+        rows.append(per_image_seg_metrics(up, true, threshold, include_background, with_hd95))
+    return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+
+
 def _dice_iou(pred: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:
     """Per-image Dice and IoU of boolean B×1×H×W masks; 1 when both are empty."""
     inter = (pred & true).flatten(1).sum(1).float()
@@ -211,10 +249,17 @@ class SegmentationMetrics(Metric):
             self.add_state(key, default=[], dist_reduce_fx="cat")
         self.last_per_image: dict[str, Tensor] | None = None
 
-    def update(self, mask_logits: Tensor, target: Tensor) -> None:
-        values = per_image_seg_metrics(
-            mask_logits, target, self.threshold, self.include_background, self.with_hd95
-        )
+    def update(self, mask_logits: Tensor, target: Tensor | list[Tensor]) -> None:
+        """``target``: B×1×H×W like the logits, or a list of B original-size H0×W0 masks
+        (the logits are then resized to each; see :func:`original_size_seg_metrics`)."""
+        if isinstance(target, (list, tuple)):
+            values = original_size_seg_metrics(
+                mask_logits, list(target), self.threshold, self.include_background, self.with_hd95
+            )
+        else:
+            values = per_image_seg_metrics(
+                mask_logits, target, self.threshold, self.include_background, self.with_hd95
+            )
         for key in self._keys:
             getattr(self, key).append(values[key])
         self.last_per_image = values

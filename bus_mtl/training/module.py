@@ -19,6 +19,9 @@ from bus_mtl.training.reproducibility import collect_rng_states, seed_epoch, set
 from bus_mtl.training.weighting import FixedWeighting
 
 STAGES = ("train", "val", "test")
+# Per-image segmentation values of a test row, and the keys SegmentationMetrics.compute gives.
+SEG_ROW_KEYS = ("dice", "iou", "hd95", "mask_area")
+SEG_SUMMARY_KEYS = ("dice", "iou", "hd95", "hd95_undefined", "dice_lesion")
 _MODULE_ARGS = ("net", "seg_loss", "cls_loss", "weighting", "optimizer", "scheduler")
 
 
@@ -154,6 +157,11 @@ class MultiTaskModule(pl.LightningModule):
             cls = ClassificationMetrics(num_classes=self.num_classes, threshold=threshold)
             setattr(self, f"{stage}_seg_metrics", seg)
             setattr(self, f"{stage}_cls_metrics", cls if self.has_cls else None)
+        # Test segmentation at each image's original size (the batch's ``orig_mask``); the
+        # working-resolution figures above are then logged beside them as ``*_input``.
+        self.test_seg_orig_metrics = (
+            SegmentationMetrics(threshold=threshold) if self.has_seg else None
+        )
         self._compiled: nn.Module | None = None
         self._pending_rng_states: tuple[int, dict[str, Any]] | None = None
         # The loss terms of the latest training step, for the FiniteLossGuard callback.
@@ -263,6 +271,14 @@ class MultiTaskModule(pl.LightningModule):
             if metric is not None and metric.update_called:
                 values.update(metric.compute())
                 metric.reset()
+        orig = self.test_seg_orig_metrics if stage == "test" else None
+        if orig is not None and orig.update_called:
+            # Reported at the original size; the working-resolution figures stay beside
+            # them, labelled ``*_input``.
+            seg_keys = [k for k in values if k in SEG_SUMMARY_KEYS]
+            values.update({f"{k}_input": values.pop(k) for k in seg_keys})
+            values.update(orig.compute())
+            orig.reset()
         if not values:
             return
         score_parts = [values[k] for k in ("dice", "auc") if k in values]
@@ -296,7 +312,14 @@ class MultiTaskModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out, _ = self._shared_step(batch, "test")
-        return self._per_image(out, batch)
+        row = self._per_image(out, batch)
+        orig = self.test_seg_orig_metrics
+        if out.mask is not None and orig is not None and "orig_mask" in batch:
+            orig.update(out.mask.detach().float(), batch["orig_mask"])
+            # The per-image rows report what the summary reports: the original size.
+            row.update({f"{k}_input": row[k] for k in SEG_ROW_KEYS})
+            row.update({k: orig.last_per_image[k] for k in SEG_ROW_KEYS})
+        return row
 
     def on_test_epoch_end(self) -> None:
         if self.test_cls_metrics is not None and self.test_cls_metrics.update_called:
@@ -348,7 +371,7 @@ class MultiTaskModule(pl.LightningModule):
         seg = self.test_seg_metrics
         if out.mask is not None and seg is not None and seg.last_per_image is not None:
             # The values test metrics just computed for this batch (HD95 is not cheap).
-            row.update({k: seg.last_per_image[k] for k in ("dice", "iou", "hd95", "mask_area")})
+            row.update({k: seg.last_per_image[k] for k in SEG_ROW_KEYS})
         return row
 
     # ------------------------------------------------------------------ optimisation

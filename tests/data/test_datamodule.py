@@ -48,6 +48,22 @@ def test_batch_contract(synthetic_source, tmp_path: Path) -> None:
     assert sizes["test"] == 8 and sizes["train"] + sizes["val"] == 24
 
 
+def test_test_part_carries_original_size_masks(busi_tree: Path, tmp_path: Path) -> None:
+    from bus_mtl.data.io import read_image, read_masks
+
+    dm = _dm(BUSISource(busi_tree, normal="class"), tmp_path, image_size=32, n_folds=3)
+    dm.setup("test")
+    assert "orig_mask" not in next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["mask"].shape[-2:] == (32, 32)
+    assert isinstance(batch["orig_mask"], list) and len(batch["orig_mask"]) == len(batch["id"])
+    samples = {s.id: s for s in dm.datasets["test"].samples}
+    for sample_id, mask in zip(batch["id"], batch["orig_mask"]):
+        s = samples[sample_id]
+        expected = read_masks(s.masks, read_image(s.image).shape)
+        assert mask.shape == (64, 64) and torch.equal(mask, torch.from_numpy(expected))
+
+
 def test_three_channels_and_normal_class(busi_tree: Path, tmp_path: Path) -> None:
     dm = _dm(
         BUSISource(busi_tree, normal="class"),

@@ -17,6 +17,7 @@ from bus_mtl.training.metrics import (
     ClassificationMetrics,
     SegmentationMetrics,
     hd95,
+    original_size_seg_metrics,
     per_image_seg_metrics,
 )
 
@@ -141,6 +142,30 @@ def test_segmentation_metrics_accumulate_reset_and_empty() -> None:
     assert metric.compute()["hd95"].item() == pytest.approx(HD95_2x2 / 2)
     metric.reset()
     assert metric.accumulated()["dice"].numel() == 0
+
+
+def test_original_size_metrics_resize_logits_back() -> None:
+    # A 40×100 (H×W) image with a lesion, seen by the network as a 32×32 square resize.
+    target = torch.zeros(40, 100)
+    target[10:30, 20:60] = 1
+    small = torch.nn.functional.interpolate(target[None, None], size=(32, 32), mode="nearest")
+    exact = original_size_seg_metrics(_logits(small), [target])
+    assert exact["dice"].item() > 0.9 and exact["target_area"].item() == 800
+    # Shifted right by 2 input pixels = 2 * 100 / 32 = 6.25 original pixels.
+    shifted = torch.roll(small, 2, dims=-1)
+    at_input = per_image_seg_metrics(_logits(shifted), small)
+    orig = original_size_seg_metrics(_logits(shifted), [target])
+    assert at_input["hd95"].item() == pytest.approx(2.0, abs=0.01)
+    # In original pixels: the shift (6.25) plus the nearest-resize error at the edges.
+    assert 6.25 - 1 <= orig["hd95"].item() <= 6.25 + exact["hd95"].item() + 1
+    # The metric object takes a list of original-size masks in place of a B×1×H×W target.
+    metric = SegmentationMetrics()
+    metric.update(torch.cat([_logits(small), _logits(shifted)]), [target, target])
+    assert metric.compute()["dice"].item() == pytest.approx(
+        (exact["dice"].item() + orig["dice"].item()) / 2, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="2 original-size masks for a batch of 1"):
+        original_size_seg_metrics(_logits(small), [target, target])
 
 
 def test_segmentation_metrics_bad_input() -> None:
