@@ -16,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description=(
             "Cross-validate several variants on one shared split and write the paper-style "
-            "table (mean ± std, p-values against the best), a plot and per-image "
-            "predictions joined by id. Unknown arguments go to every LightningCLI run."
+            "table (mean ± std; paired, group-aware p-values with Holm's correction against "
+            "a pre-specified reference variant), a plot and per-image predictions joined by "
+            "id. Unknown arguments go to every LightningCLI run."
         ),
     )
     p.add_argument(
@@ -37,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="fold runs at once (default 1)")
     p.add_argument("--protocol", default="kfold", help="comma list of kfold, by_centre")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="NAME",
+        help=(
+            "variant every p-value compares against; fix it before looking at results "
+            "(default seg_features_effnet, the paper's best, or the first variant given "
+            "when it is not compared)"
+        ),
+    )
     return p
 
 
@@ -59,6 +70,7 @@ def main(argv: list[str]) -> int:
             seed=args.seed,
             variants_dir=args.variants_dir,
             argv=["compare", *argv],
+            reference=args.reference,
         )
     except ValueError as err:
         print(f"bus-mtl compare: {err}", file=sys.stderr)

@@ -10,13 +10,24 @@ Layout (``OUT`` = ``--out``)::
     OUT/compare.png                  bars with error bars
     OUT/per_image.csv                every variant's per-image prob/Dice joined by image id
 
-Significance is paired, against the best variant of each protocol: Wilcoxon signed-rank
-over per-image Dice (best = highest mean Dice) and DeLong's test plus a paired bootstrap for
-the AUC of the pooled out-of-fold probabilities (best = highest mean AUC).
+Significance is paired, each variant against one *pre-specified* reference variant
+(:func:`resolve_reference`; never chosen on the test results), with near-duplicate groups
+(from ``split.json``) as the independent units and folds as strata:
+
+* Dice: Wilcoxon signed-rank over one mean Dice difference per group, and a cluster
+  bootstrap of the mean per-fold Dice difference;
+* AUC: DeLong per fold with Obuchowski's clustered variance, combined over folds into a
+  z-test of the mean per-fold AUC difference (the table's AUC is the mean per-fold AUC),
+  and a cluster bootstrap of the same difference.
+
+Every p-value column has a Holm-adjusted twin (``_holm``) over the family of comparisons
+against the reference within one protocol and one test. :data:`STAT_COLUMNS` says what
+each column holds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,9 +53,53 @@ from bus_mtl.experiments.results import (
     summarize_folds,
     write_json,
 )
-from bus_mtl.experiments.stats import delong_test, paired_bootstrap_auc, paired_wilcoxon
+from bus_mtl.experiments.stats import (
+    delong_test_by_fold,
+    grouped_wilcoxon,
+    holm,
+    paired_bootstrap_auc,
+    paired_bootstrap_mean,
+)
 
 BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+#: The reference when ``--reference`` is not given: the paper's best variant.
+DEFAULT_REFERENCE = "seg_features_effnet"
+#: The p-value columns of ``compare.csv`` (each with a ``<name>_holm`` twin) and the test.
+P_COLUMNS = {
+    "p_dice_wilcoxon": "Wilcoxon signed-rank test, two-sided, over one value per unit "
+    "(near-duplicate group, or single image): the unit's mean per-image Dice difference; "
+    "H0: these differences are symmetric about 0",
+    "p_dice_bootstrap": "paired cluster bootstrap (units drawn with replacement within each "
+    "fold, the same draw for both variants) of delta_dice; H0: delta_dice = 0",
+    "p_auc_delong": "DeLong's test per fold with Obuchowski's (1997) clustered variance "
+    "(units as clusters), combined over folds: z = mean_f dAUC_f / sqrt(sum_f Var_f / F^2); "
+    "H0: delta_auc (mean per-fold AUC difference) = 0",
+    "p_auc_bootstrap": "paired cluster bootstrap of delta_auc, as for p_dice_bootstrap; "
+    "H0: delta_auc = 0",
+}
+#: Every statistics column of ``compare.csv``, described (also in ``compare.json``).
+STAT_COLUMNS = {
+    "reference": "the reference variant every p-value compares against",
+    "delta_dice": "variant − reference: mean over folds of the fold's mean per-image Dice "
+    "difference, on images both scored",
+    "delta_dice_ci_low": "95% cluster-bootstrap percentile interval of delta_dice, lower end",
+    "delta_dice_ci_high": "95% cluster-bootstrap percentile interval of delta_dice, upper end",
+    "n_dice_images": "images in the Dice tests",
+    "n_dice_units": "independent units (groups; an image in no group is one) in the Dice tests",
+    "delta_auc": "variant − reference: mean over folds of the per-fold AUC difference "
+    "(malignant vs benign, out-of-fold probabilities)",
+    "delta_auc_ci_low": "95% cluster-bootstrap percentile interval of delta_auc, lower end",
+    "delta_auc_ci_high": "95% cluster-bootstrap percentile interval of delta_auc, upper end",
+    "n_auc_images": "benign/malignant images in the AUC tests",
+    "n_auc_units": "independent units in the AUC tests",
+    **P_COLUMNS,
+    **{
+        f"{c}_holm": f"{c} adjusted by Holm's step-down method over the comparisons against "
+        "the reference in the same protocol and test"
+        for c in P_COLUMNS
+    },
+}
 HEADERS = {
     "dice": "Dice (%)",
     "iou": "IoU (%)",
@@ -81,6 +136,69 @@ def protocol_dir(out: Path, protocol: str) -> Path:
     return out if protocol == "kfold" else out / protocol
 
 
+def resolve_reference(variants: Sequence[str], reference: str | None = None) -> tuple[str, str]:
+    """The reference variant of the significance tests and why it is the one.
+
+    ``reference`` when given (it must be among ``variants``); otherwise
+    :data:`DEFAULT_REFERENCE`, the paper's best variant, or — when that is not compared —
+    the first variant given. Never chosen from test results.
+    """
+    names = list(dict.fromkeys(variants))
+    if not names:
+        raise ValueError("reference: no variants to compare")
+    if reference is not None:
+        if reference not in names:
+            raise ValueError(
+                f"reference: {reference!r} is not among the compared variants "
+                f"({', '.join(names)}); pass one of them with --reference, or add "
+                f"{reference!r} to --variants"
+            )
+        return reference, "given with --reference"
+    if DEFAULT_REFERENCE in names:
+        return DEFAULT_REFERENCE, "the default: the paper's best variant"
+    return names[0], (
+        f"the first variant given, as the default {DEFAULT_REFERENCE} is not compared; "
+        "set one with --reference"
+    )
+
+
+def _split_candidates(vdir: Path) -> list[Path]:
+    vdir = Path(vdir)
+    found = [vdir / "split.json", vdir.parent / "split.json"]
+    for job in sorted(vdir.glob("fold_*/job.json")):
+        try:
+            path = json.loads(job.read_text()).get("split_path")
+        except ValueError:
+            continue
+        if path:
+            found.append(Path(path))
+    return found
+
+
+def read_groups(split_path: Path) -> dict[str, str]:
+    """``{image id: group label}`` for the images of the near-duplicate (or patient) groups
+    stored in a split file; label ``g<k>`` is the k-th entry of its ``groups`` list. Images
+    in no group are absent: each is its own unit."""
+    data = json.loads(Path(split_path).read_text())
+    return {i: f"g{k}" for k, members in enumerate(data.get("groups", [])) for i in members}
+
+
+def attach_groups(pred: pd.DataFrame, vdir: Path) -> tuple[pd.DataFrame, str | None]:
+    """``pred`` with a ``group`` column (NaN = own unit) and the split file it came from.
+
+    A ``group`` column already in the predictions is kept; otherwise the groups come from the
+    first ``split.json`` found beside the variant's folder (its own, the compare folder's, or
+    the one its fold jobs name). None found: every image is its own unit.
+    """
+    if "group" in pred.columns:
+        return pred, "the per-image predictions' group column"
+    for path in _split_candidates(vdir):
+        if path.is_file():
+            groups = read_groups(path)
+            return pred.assign(group=pred["id"].map(groups)), str(path)
+    return pred.assign(group=np.nan), None
+
+
 def run_compare(
     variants: Sequence[str],
     configs: Sequence[str],
@@ -94,14 +212,18 @@ def run_compare(
     argv: Sequence[str] | None = None,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    reference: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Run (or resume) every variant × fold, then write the comparison files.
 
+    ``reference`` is the variant every p-value compares against (see
+    :func:`resolve_reference`); an unknown one fails before any run starts.
     Returns the comparison table and ``{fold folder: error}`` for failed folds.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = variant_configs(variants, Path(variants_dir))
+    resolve_reference(list(paths), reference)
+    out.mkdir(parents=True, exist_ok=True)
     jobs: list[FoldJob] = []
     folders: dict[tuple[str, str], Path] = {}
     for protocol in protocols:
@@ -123,58 +245,134 @@ def run_compare(
     for vdir in folders.values():
         if any((d / "DONE").is_file() for d in vdir.glob("fold_*")):
             finish(vdir)
-    table = write_comparison(out, folders)
+    table = write_comparison(out, folders, reference=reference)
     return table, failed
 
 
-def _significance(frames: dict[str, pd.DataFrame], table: pd.DataFrame) -> pd.DataFrame:
-    """p-values of each variant against the best one (per protocol) on the same images."""
+def _columns(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    part = frame[[c for c in names if c in frame.columns]].copy()
+    if "fold" not in part:
+        part["fold"] = 0
+    if "group" not in part:
+        part["group"] = np.nan
+    return part
+
+
+def _paired_tests(
+    ref: pd.DataFrame, pred: pd.DataFrame, n_boot: int, seed: int
+) -> dict[str, float | int]:
+    """Dice and AUC tests of ``pred`` (a) against ``ref`` (b) on the images both scored.
+
+    Units and folds come from the reference's ``group`` and ``fold`` columns.
+    """
+    row: dict[str, float | int] = {}
+    if "dice" in ref and "dice" in pred:
+        j = _columns(ref, ["id", "fold", "group", "dice"]).merge(
+            pred[["id", "dice"]], on="id", suffixes=("_ref", "")
+        )
+        a, b = j["dice"].to_numpy(dtype=float), j["dice_ref"].to_numpy(dtype=float)
+        if (np.isfinite(a) & np.isfinite(b)).any():
+            groups, folds = j["group"].to_numpy(dtype=object), j["fold"].to_numpy()
+            wil = grouped_wilcoxon(a, b, groups)
+            bs = paired_bootstrap_mean(a, b, n_boot, seed, groups, folds)
+            row.update(
+                delta_dice=bs.difference,
+                delta_dice_ci_low=bs.ci_low,
+                delta_dice_ci_high=bs.ci_high,
+                n_dice_images=wil.n,
+                n_dice_units=wil.n_units,
+                p_dice_wilcoxon=wil.p_value,
+                p_dice_bootstrap=bs.p_value,
+            )
+    if "prob" in ref and "prob" in pred:
+        j = _columns(ref, ["id", "fold", "group", "label", "prob"]).merge(
+            pred[["id", "label", "prob"]], on=["id", "label"], suffixes=("_ref", "")
+        )
+        j = j[j["label"].isin([0, 1]) & np.isfinite(j["prob"]) & np.isfinite(j["prob_ref"])]
+        if j["label"].nunique() == 2:
+            y = j["label"].to_numpy(dtype=int)
+            a, b = j["prob"].to_numpy(dtype=float), j["prob_ref"].to_numpy(dtype=float)
+            groups, folds = j["group"].to_numpy(dtype=object), j["fold"].to_numpy()
+            dl = delong_test_by_fold(y, a, b, folds, groups)
+            bs = paired_bootstrap_auc(y, a, b, n_boot, seed, groups, folds)
+            row.update(
+                delta_auc=dl.difference,
+                delta_auc_ci_low=bs.ci_low,
+                delta_auc_ci_high=bs.ci_high,
+                n_auc_images=dl.n,
+                n_auc_units=dl.n_units,
+                p_auc_delong=dl.p_value,
+                p_auc_bootstrap=bs.p_value,
+            )
+    return row
+
+
+def significance(
+    frames: dict[tuple[str, str], pd.DataFrame],
+    table: pd.DataFrame,
+    reference: str,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> pd.DataFrame:
+    """Paired tests of every variant against ``reference``, per protocol, with Holm.
+
+    One row per (protocol, variant) of ``table`` with the :data:`STAT_COLUMNS`; the
+    reference's own row has no tests. Holm's adjustment runs over the variants of one
+    protocol, separately for each p-value column.
+    """
     rows = []
     for protocol, group in table.groupby("protocol", sort=False):
-        best_dice = _best(group, "dice")
-        best_auc = _best(group, "auc")
+        ref = frames.get((protocol, reference))
         for v in group["variant"]:
-            row: dict[str, Any] = {"protocol": protocol, "variant": v}
+            row: dict[str, Any] = {"protocol": protocol, "variant": v, "reference": reference}
             pred = frames.get((protocol, v))
-            if best_dice is not None and pred is not None and "dice" in pred:
-                ref = frames[(protocol, best_dice)]
-                j = ref[["id", "dice"]].merge(pred[["id", "dice"]], on="id", suffixes=("_b", ""))
-                row["dice_ref"] = best_dice
-                if v != best_dice:
-                    res = paired_wilcoxon(j["dice"].to_numpy(), j["dice_b"].to_numpy())
-                    row["p_dice_wilcoxon"] = res.p_value
-                    row["n_dice_pairs"] = res.n
-            if best_auc is not None and pred is not None:
-                ref = frames[(protocol, best_auc)]
-                cols = ["id", "label", "prob"]
-                j = ref[cols].merge(pred[cols], on=["id", "label"], suffixes=("_b", ""))
-                j = j[j["label"].isin([0, 1]) & np.isfinite(j["prob"]) & np.isfinite(j["prob_b"])]
-                row["auc_ref"] = best_auc
-                if v != best_auc and j["label"].nunique() == 2:
-                    y = j["label"].to_numpy(dtype=int)
-                    dl = delong_test(y, j["prob"].to_numpy(), j["prob_b"].to_numpy())
-                    bs = paired_bootstrap_auc(
-                        y, j["prob"].to_numpy(), j["prob_b"].to_numpy(), BOOTSTRAP_RESAMPLES
-                    )
-                    row["p_auc_delong"] = dl.p_value
-                    row["p_auc_bootstrap"] = bs.p_value
-                    row["delta_auc_pooled"] = dl.difference
+            if v != reference and ref is not None and pred is not None:
+                row.update(_paired_tests(ref, pred, n_boot, seed))
             rows.append(row)
-    return pd.DataFrame(rows)
+    sig = pd.DataFrame(rows).reindex(
+        columns=["protocol", "variant", *(c for c in STAT_COLUMNS if not c.endswith("_holm"))]
+    )
+    for col in P_COLUMNS:
+        sig[f"{col}_holm"] = np.nan
+        for _, idx in sig.groupby("protocol", sort=False).groups.items():
+            sig.loc[idx, f"{col}_holm"] = holm(sig.loc[idx, col].to_numpy(dtype=float))
+    return sig[["protocol", "variant", *STAT_COLUMNS]]
 
 
-def _best(group: pd.DataFrame, metric: str) -> str | None:
-    col = f"{metric}_mean"
-    if col not in group or not np.isfinite(group[col].astype(float)).any():
-        return None
-    return str(group.loc[group[col].astype(float).idxmax(), "variant"])
+def _units_line(protocol: str, frame: pd.DataFrame, source: str | None) -> str:
+    """How many independent units the tests of one protocol have, and where they came from."""
+    n = len(frame)
+    grouped = frame["group"].dropna()
+    n_groups = int(grouped.nunique())
+    if source is None:
+        return (
+            f"{protocol}: no split.json beside the variant folders, so no near-duplicate "
+            f"groups: each of the {n} images is its own unit"
+        )
+    return (
+        f"{protocol}: {n - len(grouped) + n_groups} units for {n} images; "
+        f"{n_groups} near-duplicate groups hold {len(grouped)} of them (from {source}), "
+        "every other image is alone"
+    )
 
 
-def write_comparison(out: Path, folders: dict[tuple[str, str], Path]) -> pd.DataFrame:
-    """Build and write ``compare.{csv,md,json,png}`` and ``per_image.csv``."""
+def write_comparison(
+    out: Path,
+    folders: dict[tuple[str, str], Path],
+    reference: str | None = None,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> pd.DataFrame:
+    """Build and write ``compare.{csv,md,json,png}`` and ``per_image.csv``.
+
+    ``reference``: the variant all p-values compare against (default: see
+    :func:`resolve_reference`); ``n_boot`` resamples with ``seed`` for the bootstraps.
+    """
     from bus_mtl.experiments.plots import comparison_plot
 
-    rows, frames = [], {}
+    out = Path(out)
+    reference, rule = resolve_reference([v for _, v in folders], reference)
+    rows, frames, sources = [], {}, {}
     for (protocol, v), vdir in folders.items():
         per_fold = read_fold_metrics(vdir)
         if per_fold.empty:
@@ -187,11 +385,13 @@ def write_comparison(out: Path, folders: dict[tuple[str, str], Path]) -> pd.Data
         rows.append(row)
         pred = read_predictions(vdir)
         if len(pred):
-            frames[(protocol, v)] = pred
+            frames[(protocol, v)], source = attach_groups(pred, vdir)
+            if v == reference or protocol not in sources:
+                sources[protocol] = source
     if not rows:
         raise ValueError(f"{out}: no variant has a finished fold")
     table = pd.DataFrame(rows)
-    sig = _significance(frames, table)
+    sig = significance(frames, table, reference, n_boot, seed)
     table = table.merge(sig, on=["protocol", "variant"], how="left")
     table.to_csv(out / "compare.csv", index=False)
 
@@ -207,29 +407,57 @@ def write_comparison(out: Path, folders: dict[tuple[str, str], Path]) -> pd.Data
             shown[HEADERS[m]] = [
                 format_mean_std(r[f"{m}_mean"], r[f"{m}_std"], m) for _, r in table.iterrows()
             ]
-    for col, label in (
-        ("p_dice_wilcoxon", "p Dice (Wilcoxon)"),
-        ("p_auc_delong", "p AUC (DeLong)"),
-        ("p_auc_bootstrap", "p AUC (bootstrap)"),
-    ):
-        if col in table:
-            shown[label] = [
-                _fmt_p(p, v, table, i, col)
-                for i, (p, v) in enumerate(zip(table[col], table["variant"]))
+    is_ref = (table["variant"] == reference).to_numpy()
+    for metric, tests in (("dice", ("wilcoxon", "bootstrap")), ("auc", ("delong", "bootstrap"))):
+        name = "Dice" if metric == "dice" else "AUC"
+        if not table[f"delta_{metric}"].notna().any():
+            continue
+        shown[f"Δ {name} (pp) [95% CI]"] = [
+            "ref"
+            if r
+            else _fmt_delta(
+                t[f"delta_{metric}"], t[f"delta_{metric}_ci_low"], t[f"delta_{metric}_ci_high"]
+            )
+            for r, (_, t) in zip(is_ref, table.iterrows())
+        ]
+        for test in tests:
+            col = f"p_{metric}_{test}"
+            label = {"wilcoxon": "Wilcoxon", "bootstrap": "bootstrap", "delong": "DeLong"}[test]
+            shown[f"p {name} {label} (raw / Holm)"] = [
+                "ref" if r else f"{_fmt_p(t[col])} / {_fmt_p(t[f'{col}_holm'])}"
+                for r, (_, t) in zip(is_ref, table.iterrows())
             ]
+    units = {
+        p: _units_line(p, frames[(p, reference)], sources.get(p))
+        for p in table["protocol"].unique()
+        if (p, reference) in frames
+    }
+    notes = _notes(table, frames, reference, rule, units, n_boot, seed)
     md = [
         f"# Variant comparison: {out.name}",
         "",
-        "Mean ± sample std over folds (k-fold) or over held-out centres (by_centre). "
-        "p-values are paired, against the best variant of the protocol (`ref`): Wilcoxon "
-        "signed-rank over per-image Dice, DeLong and paired bootstrap over the pooled "
-        "out-of-fold malignancy probabilities.",
+        "Mean ± sample std over folds (k-fold) or over held-out centres (by_centre).",
         "",
         markdown_table(shown),
         "",
+        *notes,
+        "",
     ]
     (out / "compare.md").write_text("\n".join(md))
-    write_json(out / "compare.json", {"rows": table.to_dict(orient="records")})
+    write_json(
+        out / "compare.json",
+        {
+            "rows": table.to_dict(orient="records"),
+            "statistics": {
+                "reference": reference,
+                "reference_rule": rule,
+                "bootstrap_resamples": n_boot,
+                "bootstrap_seed": seed,
+                "units": units,
+                "columns": STAT_COLUMNS,
+            },
+        },
+    )
     plot_table = table.copy()
     plot_table["label"] = (
         plot_table["variant"]
@@ -241,21 +469,78 @@ def write_comparison(out: Path, folders: dict[tuple[str, str], Path]) -> pd.Data
     return table
 
 
-def _fmt_p(p: float, variant: str, table: pd.DataFrame, i: int, col: str) -> str:
-    ref_col = "dice_ref" if "dice" in col else "auc_ref"
-    if ref_col in table and table.loc[i, ref_col] == variant:
-        return "ref"
-    if p is None or not isinstance(p, (float, int)) or not math.isfinite(p):
+def _notes(
+    table: pd.DataFrame,
+    frames: dict[tuple[str, str], pd.DataFrame],
+    reference: str,
+    rule: str,
+    units: dict[str, str],
+    n_boot: int,
+    seed: int,
+) -> list[str]:
+    """The Markdown paragraph saying what every p-value tests."""
+    lines = [
+        f"**Statistics.** Reference: `{reference}` ({rule}; fixed before looking at these "
+        "results, never the best one found here). Every p-value is two-sided and paired: a "
+        "variant against the reference on the same test images; Δ = variant − reference in "
+        "percentage points, its 95% interval from the cluster bootstrap. The independent unit "
+        "is the near-duplicate group (near-duplicates and patient groups of `split.json`); "
+        "an image in no group is a unit of its own; folds are strata.",
+        "",
+        *(f"* **units**, {line}." for line in units.values()),
+        "* **p Dice Wilcoxon**: Wilcoxon signed-rank test over one value per unit, the unit's "
+        "mean per-image Dice difference (H0: symmetric about 0).",
+        "* **p Dice bootstrap**: paired cluster bootstrap of Δ Dice = mean over folds of the "
+        "fold's mean per-image Dice difference: units drawn with replacement within each "
+        f"fold, the same draw for both variants; {n_boot} resamples, seed {seed}; "
+        "p = 2·min tail share beyond 0, with the (1 + count)/(B + 1) rule.",
+        "* **p AUC DeLong**: DeLong's test in each fold with Obuchowski's (1997) clustered "
+        "variance (units as clusters), combined over the F folds as "
+        "z = mean_f ΔAUC_f / sqrt(Σ_f Var_f / F²): a test of the mean per-fold AUC "
+        "difference (the table's AUC is the mean per-fold AUC), conditional on the trained "
+        "models.",
+        "* **p AUC bootstrap**: the same cluster bootstrap for Δ AUC = mean over folds of "
+        "the per-fold AUC difference (benign vs malignant images).",
+        "* **Holm**: the second number is Holm's step-down adjustment over the family of "
+        "comparisons against the reference within one protocol and one test.",
+    ]
+    for protocol in table["protocol"].unique():
+        ref = frames.get((protocol, reference))
+        if ref is None:
+            lines.append(f"* {protocol}: the reference has no test predictions: no p-values.")
+            continue
+        for col, what in (("dice", "per-image Dice"), ("prob", "malignancy probabilities")):
+            if col not in ref or not np.isfinite(ref[col].to_numpy(dtype=float)).any():
+                test = "Dice" if col == "dice" else "AUC"
+                lines.append(
+                    f"* {protocol}: the reference `{reference}` has no {what}: no {test} "
+                    "tests (choose another with --reference)."
+                )
+    return lines
+
+
+def _fmt_delta(d: float, lo: float, hi: float) -> str:
+    if not _finite(d):
         return "—"
-    if p == 0 and "bootstrap" in col:
-        return f"< {1 / BOOTSTRAP_RESAMPLES:.1g}"  # no resample crossed zero
-    return f"{p:.3g}"
+    text = f"{100 * d:+.2f}"
+    if _finite(lo) and _finite(hi):
+        text += f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    return text
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (float, int, np.floating, np.integer)) and math.isfinite(float(x))
+
+
+def _fmt_p(p: object) -> str:
+    return f"{float(p):.3g}" if _finite(p) else "—"
 
 
 def join_predictions(frames: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
-    """One row per (protocol, image): ``prob_<variant>``, ``dice_<variant>``, ... side by side."""
+    """One row per (protocol, image): ``prob_<variant>``, ``dice_<variant>``, ... side by side,
+    with the image's near-duplicate ``group`` where known."""
     merged: dict[str, pd.DataFrame] = {}
-    keys = ["id", "centre", "label", "fold"]
+    keys = ["id", "centre", "label", "fold", "group"]
     for (protocol, v), pred in frames.items():
         cols = [c for c in ("prob", "dice", "iou", "hd95", "mask_area") if c in pred]
         part = pred[[k for k in keys if k in pred] + cols].rename(

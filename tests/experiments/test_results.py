@@ -111,7 +111,7 @@ def test_format_mean_std():
 def test_comparison_table_statistics_and_plot(tmp_path):
     rng = np.random.default_rng(0)
     ids = [f"busi/img{i}" for i in range(40)]
-    labels = np.array([1] * 15 + [0] * 25)
+    labels = np.array([1, 0, 0] * 13 + [0])  # both classes in each fold of 20
     strong = labels * 0.6 + rng.uniform(0, 0.4, 40)
     weak = rng.uniform(0, 1, 40)
     folders = {}
@@ -132,10 +132,10 @@ def test_comparison_table_statistics_and_plot(tmp_path):
     table = write_comparison(tmp_path, folders)
     good = table.set_index("variant").loc["good"]
     poor = table.set_index("variant").loc["poor"]
-    assert good["dice_ref"] == "good" and good["auc_ref"] == "good"
+    assert good["reference"] == "good" and poor["reference"] == "good"  # the first given
     assert poor["p_dice_wilcoxon"] < 1e-4  # every image's Dice is higher for "good"
-    assert poor["p_auc_delong"] < 0.01
-    assert poor["delta_auc_pooled"] < 0
+    assert poor["p_auc_delong"] < 0.01  # per-fold DeLong, combined over the two folds
+    assert poor["delta_auc"] < 0 and poor["delta_dice"] < 0
     for name in ("compare.csv", "compare.md", "compare.json", "compare.png", "per_image.csv"):
         assert (tmp_path / name).is_file(), name
     joined = pd.read_csv(tmp_path / "per_image.csv")
