@@ -45,11 +45,13 @@ from bus_mtl.experiments.cv import (
     run_jobs,
 )
 from bus_mtl.experiments.results import (
+    RESOLUTION_NOTE,
     TABLE_METRICS,
     format_mean_std,
     markdown_table,
     read_fold_metrics,
     read_predictions,
+    segmentation_resolution,
     summarize_folds,
     write_json,
 )
@@ -402,9 +404,15 @@ def write_comparison(
             "folds": table["n_folds"],
         }
     )
+    resolutions = {segmentation_resolution(f) for f in frames.values()}
+    headers = dict(HEADERS)
+    if resolutions == {"original"}:
+        headers["hd95"] = "HD95 (original px)"
+    elif resolutions == {"input"}:
+        headers["hd95"] = "HD95 (input px)"
     for m in TABLE_METRICS:
         if f"{m}_mean" in table:
-            shown[HEADERS[m]] = [
+            shown[headers[m]] = [
                 format_mean_std(r[f"{m}_mean"], r[f"{m}_std"], m) for _, r in table.iterrows()
             ]
     is_ref = (table["variant"] == reference).to_numpy()
@@ -433,10 +441,18 @@ def write_comparison(
         if (p, reference) in frames
     }
     notes = _notes(table, frames, reference, rule, units, n_boot, seed)
+    if len(resolutions) > 1:
+        resolution_note = (
+            "; segmentation metrics at different resolutions across variants (some runs "
+            "predate original-size metrics): rerun them before comparing Dice/IoU/HD95"
+        )
+    else:
+        resolution_note = "".join(f"; {RESOLUTION_NOTE[r]}" for r in resolutions)
     md = [
         f"# Variant comparison: {out.name}",
         "",
-        "Mean ± sample std over folds (k-fold) or over held-out centres (by_centre).",
+        "Mean ± sample std over folds (k-fold) or over held-out centres (by_centre)"
+        f"{resolution_note}.",
         "",
         markdown_table(shown),
         "",

@@ -116,6 +116,20 @@ def read_predictions(out: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def segmentation_resolution(pred: pd.DataFrame) -> str:
+    """Where a results folder's Dice/IoU/HD95 were measured: ``"original"`` (each image's
+    original size, HD95 in original pixels; the per-image CSVs then also hold the
+    ``*_input`` working-resolution values) or ``"input"`` (the square network input, runs
+    made before original-size metrics existed)."""
+    return "original" if "dice_input" in pred.columns else "input"
+
+
+RESOLUTION_NOTE = {
+    "original": "Dice/IoU/HD95 at each image's original size (HD95 in original pixels)",
+    "input": "Dice/IoU/HD95 at the square network input size (HD95 in input pixels)",
+}
+
+
 def _fold_threshold(fold_dir: Path) -> float:
     """The decision threshold a fold's test metrics were taken at (NaN when not recorded)."""
     path = fold_dir / "metrics.json"
@@ -283,7 +297,7 @@ def write_cv_summary(out: Path, metrics: Iterable[str] | None = None) -> dict:
         "",
         f"{len(per_fold)} folds ({fold_names}). Mean ± sample std (ddof=1) over folds; "
         "'pooled' = computed once over all out-of-fold test images. Percentages for "
-        "fractions, HD95 in pixels.",
+        f"fractions; {RESOLUTION_NOTE[segmentation_resolution(pred)]}.",
         "",
         markdown_table(shown, ["metric", "mean ± std", "pooled", "n"]),
         "",

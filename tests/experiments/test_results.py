@@ -89,6 +89,18 @@ def test_pooled_metrics_by_hand(cv_folder):
     md = (cv_folder / "summary.md").read_text()
     assert "75.00 ± 7.07" in md
     assert json.loads((cv_folder / "summary.json").read_text())["metrics"]["dice"]["n"] == 2
+    # These hand-made folds have no *_input columns: metrics of the square network input.
+    assert "at the square network input size" in md
+
+
+def test_summary_states_original_resolution(tmp_path):
+    out = tmp_path / "cv"
+    rows = preds(["a", "b"], [1, 0], [0.9, 0.2], [0.7, 0.8])
+    rows.update({"dice_input": [0.75, 0.85], "iou_input": [0.6, 0.7]})
+    make_fold(out, 0, {"test/dice": 0.75, "test/dice_input": 0.8}, rows)
+    write_cv_summary(out)
+    md = (out / "summary.md").read_text()
+    assert "at each image's original size (HD95 in original pixels)" in md
 
 
 def test_reliability_bins_by_hand():
