@@ -17,6 +17,7 @@ _EXPORTS = {
     "LoggedSaveConfigCallback": "bus_mtl.training.callbacks",
     "PerImagePredictions": "bus_mtl.training.callbacks",
     "TemperatureCalibration": "bus_mtl.training.calibration",
+    "TimeBudget": "bus_mtl.training.budget",
     "ValidationImages": "bus_mtl.training.visualization",
     "DiceBCELoss": "bus_mtl.training.losses",
     "BCEClassLoss": "bus_mtl.training.losses",

@@ -30,20 +30,46 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 1 % of the learning rate, then cosine decay to 0, stepped per batch."""
-    total_steps = max(int(total_steps), 1)
-    warmup_steps = min(max(int(warmup_steps), 0), total_steps - 1)
+class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
+    """Linear warmup from 1 % of the learning rate, then cosine decay to 0, stepped per batch.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.01 + 0.99 * step / warmup_steps
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    ``total_steps`` and ``warmup_steps`` are attributes the factor reads at every step, so a
+    run whose length is only known once it is under way (:class:`TimeBudget`) can re-plan
+    them and still end its decay at 0 exactly on its last step.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+    ) -> None:
+        self.replan(total_steps, warmup_steps)
+        super().__init__(optimizer, self.factor)
+
+    def replan(self, total_steps: int, warmup_steps: int | None = None) -> None:
+        self.total_steps = max(int(total_steps), 1)
+        if warmup_steps is None:
+            warmup_steps = self.warmup_steps
+        self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps - 1)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return 0.01 + 0.99 * step / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def state_dict(self) -> dict[str, Any]:
+        # LambdaLR would try to pickle the bound method; the plan is what needs saving.
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "lr_lambdas")}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> WarmupCosine:
+    """Linear warmup from 1 % of the learning rate, then cosine decay to 0, stepped per batch."""
+    return WarmupCosine(optimizer, total_steps, warmup_steps)
 
 
 def malignancy_probability(logits: Tensor, temperature: Tensor | float = 1.0) -> Tensor:
