@@ -30,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma list of {PROTOCOLS}: by_centre trains on one centre, tests on the other",
     )
     p.add_argument("--seed", type=int, default=42, help="fold k uses seed_everything = SEED + k")
+    p.add_argument(
+        "--tuned-by",
+        default=None,
+        metavar="SWEEP",
+        help=(
+            "the hyper-parameters come from this sweep (its folder or tuning.json, or a trial's "
+            "split.json): refuse to run when a test fold holds an image it tuned on; use with "
+            "--data.tuning=exclude"
+        ),
+    )
     return p
 
 
@@ -42,7 +52,7 @@ def parse_protocols(text: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from bus_mtl.experiments.cv import run_cv
+    from bus_mtl.experiments.cv import TuningLeak, run_cv
 
     args, extra = build_parser().parse_known_args(argv)
     protocols = parse_protocols(args.protocol)
@@ -50,16 +60,21 @@ def main(argv: list[str]) -> int:
     failed = {}
     for protocol in protocols:
         pdir = out if len(protocols) == 1 else out / protocol
-        payload, errors = run_cv(
-            args.config,
-            pdir,
-            folds=args.folds,
-            extra=extra,
-            parallel=args.parallel,
-            protocol=protocol,
-            seed=args.seed,
-            argv=["cv", *argv],
-        )
+        try:
+            payload, errors = run_cv(
+                args.config,
+                pdir,
+                folds=args.folds,
+                extra=extra,
+                parallel=args.parallel,
+                protocol=protocol,
+                seed=args.seed,
+                argv=["cv", *argv],
+                tuned_by=args.tuned_by,
+            )
+        except TuningLeak as err:
+            print(f"bus-mtl cv: refused: {err}", file=sys.stderr)
+            return 2
         failed.update({f"{pdir}/fold_{k}": e for k, e in errors.items()})
         if payload is not None:
             print((pdir / "summary.md").read_text())

@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Sample a W&B sweep file's parameters with optuna (bayes=TPE, random, grid) and "
             "run each trial's command (a LightningCLI fit) with ${args} = --name=value. "
-            "Arguments after '--' are added to every trial (e.g. --trainer.max_epochs=5)."
+            "Arguments after '--' are added to every trial (e.g. --trainer.max_epochs=5). "
+            "Trials train outside the tuning hold-out and validate on it (data.tuning=tune); "
+            "OUT/tuning.json records it for 'bus-mtl cv --data.tuning=exclude --tuned-by OUT'."
         ),
     )
     p.add_argument("file", help="sweep YAML, e.g. experiments/sweeps/lr_weights.yaml")
@@ -47,7 +49,13 @@ def main(argv: list[str]) -> int:
         print("bus-mtl sweep: --trials must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out or f"results/sweep_{spec.path.stem}_{time.strftime('%Y%m%d_%H%M%S')}")
-    ranked = run_local_sweep(spec, args.trials, out, extra, seed=args.seed, timeout=args.timeout)
+    try:
+        ranked = run_local_sweep(
+            spec, args.trials, out, extra, seed=args.seed, timeout=args.timeout
+        )
+    except SweepError as err:  # e.g. extra arguments that turn the tuning hold-out off
+        print(f"bus-mtl sweep: {err}", file=sys.stderr)
+        return 2
     print((out / "ranked.md").read_text())
     print(f"results: {out}")
     return 0 if (ranked["state"] == "COMPLETE").any() else 1

@@ -30,7 +30,14 @@ from bus_mtl.data.sources import (
     default_source,
     make_phantom,
 )
-from bus_mtl.data.splits import Split, by_centre_split, kfold_split
+from bus_mtl.data.splits import (
+    TUNING_MODES,
+    Split,
+    by_centre_split,
+    kfold_split,
+    tuning_fingerprint,
+    tuning_holdout,
+)
 from bus_mtl.data.transforms import PRESETS, build_augmentation, build_transform
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "NORMAL_POLICIES",
     "NO_LABEL",
     "PRESETS",
+    "TUNING_MODES",
     "BUSDataModule",
     "BUSDataset",
     "BUSISource",
@@ -73,6 +81,8 @@ __all__ = [
     "read_mask",
     "read_masks",
     "sample_key",
+    "tuning_fingerprint",
+    "tuning_holdout",
     "write_conflicts_csv",
 ]
 

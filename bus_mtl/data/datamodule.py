@@ -23,7 +23,16 @@ from bus_mtl.data.errors import DataError, raise_if_errors
 from bus_mtl.data.paths import default_cache_dir
 from bus_mtl.data.sample import CLASS_NAMES, Sample
 from bus_mtl.data.sources.base import Source, as_source
-from bus_mtl.data.splits import SPLIT_KINDS, Split, by_centre_split, kfold_split
+from bus_mtl.data.splits import (
+    SPLIT_KINDS,
+    TUNING_MODES,
+    Split,
+    by_centre_split,
+    kfold_split,
+    tuning_fingerprint,
+    tuning_holdout,
+    without,
+)
 from bus_mtl.data.transforms import build_augmentation, build_transform
 
 
@@ -66,6 +75,15 @@ class BUSDataModule(L.LightningDataModule):
         split_out: where to write the split JSON (default: not written).
         mean: fixed normalisation mean (in [0, 1] units); default: from training images.
         std: fixed normalisation std; default: from training images.
+        tuning: the tuning hold-out, a grouped, (centre, label)-stratified
+            ``tuning_fraction`` of all images drawn with ``seed`` (near-duplicate groups
+            whole; see :func:`~bus_mtl.data.splits.tuning_holdout`). ``"off"`` (default):
+            no hold-out, every image is in the folds. ``"tune"``: train on every image
+            outside the hold-out and validate on the hold-out (test part empty; what sweep
+            trials use). ``"exclude"``: the hold-out is in no fold's train, validation or
+            test part (what ``bus-mtl cv`` uses after a sweep). The split records it as
+            ``tuning`` (with its fingerprint); a split file that has one is used as is.
+        tuning_fraction: share of the images in the tuning hold-out, in (0, 1).
     """
 
     def __init__(
@@ -89,8 +107,21 @@ class BUSDataModule(L.LightningDataModule):
         split_out: str | None = None,
         mean: float | None = None,
         std: float | None = None,
+        tuning: str = "off",
+        tuning_fraction: float = 0.15,
     ) -> None:
         super().__init__()
+        if tuning not in TUNING_MODES:
+            raise ValueError(
+                f"tuning: {tuning!r} is not one of {TUNING_MODES}; set data.tuning: tune in a "
+                "sweep trial (validate on the tuning hold-out), exclude in the cv run that "
+                "reports the tuned settings, off to keep every image in the folds"
+            )
+        if isinstance(tuning_fraction, bool) or not 0.0 < tuning_fraction < 1.0:
+            raise ValueError(
+                f"tuning_fraction: must be in (0, 1), got {tuning_fraction!r}; "
+                "e.g. data.tuning_fraction: 0.15 (the default)"
+            )
         if split not in SPLIT_KINDS:
             raise ValueError(f"split: {split!r} is not one of {SPLIT_KINDS}")
         if split == "kfold":
@@ -153,6 +184,8 @@ class BUSDataModule(L.LightningDataModule):
         self.seed = seed
         self.split_out = split_out
         self._fixed_norm = (mean, std)
+        self.tuning = tuning
+        self.tuning_fraction = float(tuning_fraction)
         self._num_classes = 3 if self.source.has_normal_class else 1
         self.report: DataReport | None = None
         self.split: Split | None = None
@@ -218,28 +251,103 @@ class BUSDataModule(L.LightningDataModule):
         return counts
 
     def _make_split(self, samples: list[Sample], groups: list[list[str]]) -> Split:
-        if self.split_kind == "kfold":
-            return kfold_split(
-                samples, groups, self.n_folds, self.seed, self.val_fraction, self.dup_threshold
+        if self.split_kind == "file":
+            split = Split.load(self.split_file)  # type: ignore[arg-type]
+            raise_if_errors(
+                split.check_against(
+                    [s.id for s in samples], where=str(self.split_file), groups=groups
+                )
             )
-        if self.split_kind == "by_centre":
-            return by_centre_split(
-                samples,
+            if self.tuning != "off" and not split.tuning:
+                split.tuning = self._holdout(samples, groups)
+                split.tuning_fraction = self.tuning_fraction
+            if self.tuning == "tune":
+                return self._tuning_split(samples, groups, split.tuning, split.tuning_fraction)
+            if not 0 <= self.fold < len(split.folds):
+                raise DataError(
+                    f"fold: {self.fold} out of range; {self.split_file} has "
+                    f"{len(split.folds)} fold(s)"
+                )
+            return split
+        held = self._holdout(samples, groups) if self.tuning != "off" else []
+        if self.tuning == "tune":
+            return self._tuning_split(samples, groups, held, self.tuning_fraction)
+        rest = without(samples, held)
+        if self.split_kind == "kfold":
+            split = kfold_split(
+                rest, groups, self.n_folds, self.seed, self.val_fraction, self.dup_threshold
+            )
+        else:
+            split = by_centre_split(
+                rest,
                 self.test_centres or [],
                 groups,
                 self.seed,
                 self.val_fraction,
                 self.dup_threshold,
             )
-        split = Split.load(self.split_file)  # type: ignore[arg-type]
-        raise_if_errors(
-            split.check_against([s.id for s in samples], where=str(self.split_file), groups=groups)
-        )
-        if not 0 <= self.fold < len(split.folds):
-            raise DataError(
-                f"fold: {self.fold} out of range; {self.split_file} has {len(split.folds)} fold(s)"
-            )
+        if held:
+            split.tuning, split.tuning_fraction = held, self.tuning_fraction
         return split
+
+    def _holdout(self, samples: list[Sample], groups: list[list[str]]) -> list[str]:
+        return tuning_holdout(samples, groups, self.tuning_fraction, self.seed)
+
+    def _tuning_split(
+        self, samples: list[Sample], groups: list[list[str]], held: list[str], fraction: float
+    ) -> Split:
+        """``data.tuning: tune``: one part pair, train = all but the hold-out, val = it."""
+        rest = sorted(s.id for s in without(samples, held))
+        fold = {"train": rest, "val": sorted(held), "test": []}
+        return Split(
+            "tuning",
+            self.seed,
+            1,
+            self.dup_threshold,
+            0.0,
+            [fold],
+            [list(g) for g in groups],
+            None,
+            sorted(held),
+            fraction,
+        )
+
+    def _apply_tuning(self, parts: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The fold's parts without the hold-out (``exclude``), and a line saying so."""
+        split = self.split
+        if self.tuning == "off" or split is None or not split.tuning:
+            return parts
+        held = split.tuning
+        fingerprint = tuning_fingerprint(held)
+        if self.tuning == "tune":
+            print(
+                f"data.tuning=tune: training on {len(parts['train'])} image(s), validating on "
+                f"the tuning hold-out of {len(held)} image(s) (fingerprint {fingerprint}, "
+                f"seed {self.seed}, fraction {split.tuning_fraction})",
+                flush=True,
+            )
+            self._log_tuning(fingerprint, len(held))
+            return parts
+        drop = set(held)
+        kept = {name: [i for i in ids if i not in drop] for name, ids in parts.items()}
+        removed = sum(len(ids) - len(kept[name]) for name, ids in parts.items())
+        note = (
+            f"; {removed} of them were in the parts of {self.split_file} and are left out here"
+            if removed
+            else ""
+        )
+        print(
+            f"data.tuning=exclude: the tuning hold-out of {len(held)} image(s) (fingerprint "
+            f"{fingerprint}) is in no part of fold {self.fold}{note}",
+            flush=True,
+        )
+        return kept
+
+    def _log_tuning(self, fingerprint: str, n: int) -> None:
+        """Put the hold-out's fingerprint into the run's logged config (e.g. W&B's)."""
+        trainer = getattr(self, "trainer", None)
+        for logger in getattr(trainer, "loggers", None) or []:
+            logger.log_hyperparams({"tuning/fingerprint": fingerprint, "tuning/images": n})
 
     def _drop_conflicting(
         self, report: DataReport, parts: dict[str, list[str]]
@@ -281,7 +389,7 @@ class BUSDataModule(L.LightningDataModule):
         self.split = self._make_split(samples, report.groups)
         if self.split_out:
             self.split.save(self.split_out)
-        parts = self.split.fold(self.fold)
+        parts = self._apply_tuning(self.split.fold(0 if self.tuning == "tune" else self.fold))
         if self.drop_conflicting:
             parts = self._drop_conflicting(report, parts)
         by_id = {s.id: s for s in samples}

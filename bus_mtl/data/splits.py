@@ -10,6 +10,7 @@ counts stay closest to that part's target share.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,11 @@ from bus_mtl.data.errors import DataError, Problem
 from bus_mtl.data.sample import Sample
 
 SPLIT_KINDS = ("kfold", "by_centre", "file")
+#: ``data.tuning``: ``off`` (every image in the folds), ``exclude`` (the tuning hold-out is in
+#: no fold), ``tune`` (train on the rest, validate on the hold-out: sweep trials).
+TUNING_MODES = ("off", "exclude", "tune")
+#: Offset of the hold-out's seed from the split seed (its own stream, not a fold's).
+TUNING_SEED_OFFSET = 9000
 
 
 @dataclass
@@ -35,6 +41,15 @@ class Split:
     folds: list[dict[str, list[str]]]
     groups: list[list[str]] = field(default_factory=list)
     test_centres: list[str] | None = None
+    #: The tuning hold-out (``data.tuning``): ids in no fold's train/val/test part; empty
+    #: when the split was made with ``data.tuning: off`` (and in older split files).
+    tuning: list[str] = field(default_factory=list)
+    tuning_fraction: float = 0.0
+
+    @property
+    def tuning_fingerprint(self) -> str | None:
+        """:func:`tuning_fingerprint` of the hold-out, ``None`` without one."""
+        return tuning_fingerprint(self.tuning) if self.tuning else None
 
     def fold(self, k: int) -> dict[str, list[str]]:
         if not 0 <= k < len(self.folds):
@@ -42,7 +57,10 @@ class Split:
         return self.folds[k]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.tuning:
+            data["tuning_fingerprint"] = self.tuning_fingerprint
+        return data
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
@@ -72,6 +90,8 @@ class Split:
                 folds=folds,
                 groups=[list(g) for g in data.get("groups", [])],
                 test_centres=data.get("test_centres"),
+                tuning=sorted(data.get("tuning") or []),
+                tuning_fraction=float(data.get("tuning_fraction", 0.0)),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(
@@ -120,7 +140,95 @@ class Split:
                             Problem(where, f"fold {k}: {i!r} in both {seen[i]} and {part}")
                         )
                     seen[i] = part
+        if self.tuning:
+            problems += _tuning_problems(self.tuning, known, groups, where)
         return problems
+
+
+def _tuning_problems(
+    tuning: Sequence[str], known: set[str], groups: Sequence[Sequence[str]], where: str
+) -> list[Problem]:
+    """Unknown hold-out ids, and groups with images both in and out of the hold-out."""
+    problems = []
+    held = set(tuning)
+    unknown = sorted(held - known)
+    if unknown:
+        problems.append(
+            Problem(
+                where,
+                f"tuning: {len(unknown)} id(s) not in the data, e.g. {unknown[:3]}; "
+                "re-create the split (bus-mtl cv writes it with data.tuning: exclude)",
+            )
+        )
+    for g, members in enumerate(groups):
+        inside = sorted(i for i in members if i in held)
+        outside = sorted(i for i in members if i in known and i not in held)
+        if inside and outside:
+            problems.append(
+                Problem(
+                    where,
+                    f"tuning: near-duplicate group {g} is split between the tuning hold-out "
+                    f"({inside}) and the other images ({outside}); keep a group whole, or "
+                    "re-create the split with data.tuning: exclude",
+                )
+            )
+    return problems
+
+
+def tuning_fingerprint(ids: Sequence[str]) -> str:
+    """A short hash naming a tuning hold-out: SHA-256 of its sorted, distinct ids.
+
+    Two hold-outs have the same fingerprint exactly when they hold the same images (the
+    seed and fraction that drew them are recorded beside it, not hashed).
+    """
+    text = "\n".join(sorted(set(ids)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tuning_holdout(
+    samples: Sequence[Sample],
+    groups: Sequence[Sequence[str]] = (),
+    fraction: float = 0.15,
+    seed: int = 42,
+) -> list[str]:
+    """The tuning hold-out: a grouped, (centre, label)-stratified ``fraction`` of all images.
+
+    Near-duplicate (and patient) groups are kept whole: a group is wholly in or wholly out,
+    and groups reach the hold-out in about the same proportion as single images.
+    Depends only on the images, their groups, ``fraction`` and ``seed`` (not on the number
+    of folds or the split kind), so a sweep and the cv run after it draw the same hold-out
+    from the same data config. Returns sorted ids.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"tuning_fraction: must be in (0, 1), got {fraction}; e.g. 0.15 (the default)"
+        )
+    units = _units(samples, groups)
+    if len(units) < 2:
+        raise DataError(
+            [Problem("tuning", f"a tuning hold-out needs 2+ independent groups, got {len(units)}")]
+        )
+    shares = [1 - fraction, fraction]
+    part = assign_groups(units, _strata(samples), shares, seed + TUNING_SEED_OFFSET, relative=True)
+    held = sorted(i for u, p in zip(units, part) if p == 1 for i in u)
+    if not held or len(held) == len(samples):
+        raise DataError(
+            [
+                Problem(
+                    "tuning_fraction",
+                    f"{fraction} of {len(samples)} image(s) in {len(units)} group(s) gives "
+                    f"{'an empty hold-out' if not held else 'no image outside the hold-out'}; "
+                    "use more images or another data.tuning_fraction",
+                )
+            ]
+        )
+    return held
+
+
+def without(samples: Sequence[Sample], ids: Sequence[str]) -> list[Sample]:
+    """``samples`` less the given ids (e.g. the tuning hold-out), order kept."""
+    drop = set(ids)
+    return [s for s in samples if s.id not in drop]
 
 
 def _units(samples: Sequence[Sample], groups: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -142,11 +250,17 @@ def assign_groups(
     strata: dict[str, tuple],
     shares: Sequence[float],
     seed: int,
+    relative: bool = False,
 ) -> list[int]:
     """Greedy grouped-stratified assignment of ``units`` (lists of ids) to parts.
 
     ``strata[id]`` is the id's stratum; ``shares`` the target fraction of every stratum per
     part. Returns the part index of each unit. Deterministic for a seed.
+
+    ``relative``: weigh each part's cost by ``1 / share``. With unequal shares the plain
+    cost sends every large unit (a near-duplicate group) to the largest part, as they come
+    first; relative costs let a small part (the tuning hold-out) receive groups in
+    proportion. Equal shares: the same assignment either way.
     """
     keys = sorted({strata[i] for u in units for i in u}, key=str)
     col = {k: j for j, k in enumerate(keys)}
@@ -167,7 +281,7 @@ def assign_groups(
         before = ((filled - target) ** 2 * weight).sum(axis=1)
         after = ((filled + counts[n] - target) ** 2 * weight).sum(axis=1)
         size_gap = (filled.sum(axis=1) + counts[n].sum()) / np.maximum(shares_arr, 1e-9)
-        cost = after - before
+        cost = (after - before) / (shares_arr if relative else 1.0)
         best = min(range(len(shares_arr)), key=lambda p: (round(cost[p], 12), size_gap[p], p))
         filled[best] += counts[n]
         part_of[n] = best

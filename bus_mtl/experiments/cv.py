@@ -15,6 +15,12 @@ down), let ``--parallel N`` folds share one GPU, and make a killed run resumable
     OUT/summary.{csv,md,json}, reliability.png
     OUT/conflicting_groups.csv      near-duplicate groups whose labels disagree: group, id,
                                     label, image file, the fold whose test part holds it
+    OUT/tuned_by.json               with ``--tuned-by``: the sweep's hold-out that was checked
+
+With ``data.tuning: exclude`` the split leaves the tuning hold-out out of every fold (it is
+recorded in ``split.json`` as ``tuning``, with its fingerprint) and the summary says how many
+images that is. ``tuned_by`` (``bus-mtl cv --tuned-by SWEEP``) names a sweep's hold-out; a run
+whose test parts would hold any of its images is refused, naming them (:class:`TuningLeak`).
 
 A fold without ``DONE`` resumes: its fit restarts from ``last.ckpt`` when one exists (the
 config's ``ModelCheckpoint`` needs ``save_last: true``), and a fold whose fit finished only
@@ -49,10 +55,33 @@ from bus_mtl.experiments.results import (
 PROTOCOLS = ("kfold", "by_centre")
 RECORDER = "bus_mtl.experiments.callbacks.RunRecorder"
 PREDICTIONS = "bus_mtl.training.callbacks.PerImagePredictions"
+#: What a sweep writes (``bus-mtl sweep``): the ids its trials validated on.
+TUNING_RECORD = "tuning.json"
+#: What ``run_cv(tuned_by=...)`` writes: the sweep hold-out it checked the folds against.
+TUNED_BY = "tuned_by.json"
+#: Tuned images named in a refusal before "... and N more".
+SHOWN = 10
 
 
 class FoldFailed(RuntimeError):
     """A fold's subprocess exited with an error; the message names its log file."""
+
+
+class TuningLeak(ValueError):
+    """cv would report on images hyper-parameters were tuned on (the message names them), or
+    cannot check it (a ``--tuned-by`` without a recorded hold-out, ``data.tuning: tune``)."""
+
+
+def refuse_tune_mode(tuning: str) -> None:
+    """``data.tuning: tune`` belongs to sweep trials (val = the hold-out, no test part)."""
+    if tuning == "tune":
+        raise TuningLeak(
+            "data.tuning: 'tune' trains on every image outside the tuning hold-out and "
+            "validates on it, with no test part: the setting of a sweep trial (is a trial's "
+            "config.yaml among the --config files?). To report tuned settings, run cv with "
+            "--data.tuning=exclude (the hold-out is then in no fold), and --tuned-by SWEEP "
+            "to check it is the sweep's hold-out"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,16 +139,21 @@ def make_split(
     Returns the split as a dict with ``fold_names``.
     """
     from bus_mtl.data.check import check_data, conflict_rows, write_conflicts_csv
-    from bus_mtl.data.splits import Split, by_centre_split, kfold_split
+    from bus_mtl.data.splits import Split, by_centre_split, kfold_split, tuning_holdout, without
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: {protocol!r} is not one of {PROTOCOLS}")
     dm = build_datamodule(configs, extra)
+    refuse_tune_mode(dm.tuning)
     report = check_data(
         dm.source, dm.image_size, dm.cache_dir, dm.dup_threshold, dm.num_workers or None
     )
     report.raise_if_errors()
     samples, groups = report.samples, report.groups
+    held: list[str] = []
+    if dm.tuning == "exclude":  # the hold-out is in no fold: split the other images
+        held = tuning_holdout(samples, groups, dm.tuning_fraction, dm.seed)
+        samples = without(samples, held)
     if protocol == "kfold":
         split = kfold_split(samples, groups, folds, dm.seed, dm.val_fraction, dm.dup_threshold)
         names = [f"fold {k}" for k in range(folds)]
@@ -145,6 +179,8 @@ def make_split(
             centres,
         )
         names = [f"{'+'.join(x for x in centres if x != c)}→{c}" for c in centres]
+    if held:
+        split.tuning, split.tuning_fraction = held, dm.tuning_fraction
     split.save(path)
     write_conflicts_csv(conflict_rows(report, split), Path(path).with_name(CONFLICTS_CSV))
     names_path = Path(path).with_name(Path(path).stem + "_names.json")
@@ -158,6 +194,169 @@ def fold_names_for(split_path: Path) -> list[str]:
         return json.loads(names.read_text())
     n = len(json.loads(Path(split_path).read_text())["folds"])
     return [f"fold {k}" for k in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The tuning hold-out
+
+
+def load_tuned(path: str | Path) -> dict[str, Any]:
+    """The hold-out a sweep tuned on: ``{"ids", "fingerprint", "source", ...}``.
+
+    ``path`` is a local sweep's folder or its ``tuning.json`` (``bus-mtl sweep``), or a
+    trial run's ``split.json`` (saved beside its ``config.yaml``; W&B agent runs) or a folder
+    of such runs (the union of their hold-outs).
+    """
+    from bus_mtl.data.splits import tuning_fingerprint
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = [path / TUNING_RECORD] if (path / TUNING_RECORD).is_file() else []
+        files = files or sorted(path.rglob("split.json"))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise TuningLeak(
+            f"--tuned-by: {path} not found; give a sweep folder or its {TUNING_RECORD}"
+        )
+    ids: set[str] = set()
+    info: dict[str, Any] = {}
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except ValueError as err:
+            raise TuningLeak(f"--tuned-by: {f} is not valid JSON: {err}") from None
+        found = (data.get("ids") or data.get("tuning") or []) if isinstance(data, dict) else []
+        if not found:
+            continue  # e.g. a run's split.json made with data.tuning: off
+        ids.update(found)
+        for key in ("seed", "tuning_fraction"):
+            if key in data and key not in info:
+                info[key] = data[key]
+    if not ids:
+        raise TuningLeak(
+            f"--tuned-by: no tuning hold-out recorded in {path} (no {TUNING_RECORD} with "
+            "'ids', no split.json with 'tuning'); sweeps record it when their trials run "
+            "with data.tuning: tune"
+        )
+    return {
+        **info,
+        "source": str(path),
+        "ids": sorted(ids),
+        "fingerprint": tuning_fingerprint(sorted(ids)),
+    }
+
+
+def tuning_overlap(split_path: str | Path, tuned: Sequence[str]) -> dict[str, list[int]]:
+    """``{id: [folds]}`` of the tuned ids that a fold of the split would test on."""
+    data = json.loads(Path(split_path).read_text())
+    tuned_set, held = set(tuned), set(data.get("tuning") or [])
+    out: dict[str, list[int]] = {}
+    for k, fold in enumerate(data["folds"]):
+        for i in fold.get("test", []):
+            if i in tuned_set and i not in held:
+                out.setdefault(i, []).append(k)
+    return dict(sorted(out.items()))
+
+
+def check_tuning(
+    split_path: Path, tuning: str, tuned_by: str | Path | None
+) -> dict[str, Any] | None:
+    """Refuse (:class:`TuningLeak`) a cv whose folds would report on tuned images.
+
+    ``tuning`` is the run's ``data.tuning``: ``exclude`` needs a split with a hold-out.
+    With ``tuned_by`` (see :func:`load_tuned`), every tuned image a test part holds is named.
+    Returns the record to keep as ``tuned_by.json`` (``None`` without ``tuned_by``).
+    """
+    refuse_tune_mode(tuning)
+    data = json.loads(Path(split_path).read_text())
+    if tuning == "exclude" and not data.get("tuning"):
+        raise TuningLeak(
+            f"data.tuning: exclude, but {split_path} has no tuning hold-out (it was made with "
+            "data.tuning: off, so its folds test on every image); use a new --out folder, "
+            "where the split is made with the hold-out left out"
+        )
+    if tuned_by is None:
+        return None
+    tuned = load_tuned(tuned_by)
+    overlap = tuning_overlap(split_path, tuned["ids"])
+    if overlap:
+        named = ", ".join(
+            f"{i!r} (fold {'+'.join(map(str, k))})" for i, k in list(overlap.items())[:SHOWN]
+        )
+        more = f" and {len(overlap) - SHOWN} more" if len(overlap) > SHOWN else ""
+        same = ", ".join(f"data.{k}: {tuned[k]}" for k in ("seed", "tuning_fraction") if k in tuned)
+        raise TuningLeak(
+            f"--tuned-by {tuned['source']}: the hyper-parameters were tuned on "
+            f"{len(tuned['ids'])} image(s) (fingerprint {tuned['fingerprint']}), and "
+            f"{len(overlap)} of them would be reported on in this cv's test folds "
+            f"(data.tuning: {tuning}): {named}{more}. Run cv with --data.tuning=exclude and "
+            f"the sweep's data config{f' ({same})' if same else ''}, in a new --out folder"
+        )
+    return {
+        "tuned_by": tuned["source"],
+        "fingerprint": tuned["fingerprint"],
+        "images": len(tuned["ids"]),
+        "reported": 0,
+    }
+
+
+def _split_of(out: Path) -> Path | None:
+    """The split file a cv folder's folds ran on (its own, or the one its jobs name)."""
+    if (out / "split.json").is_file():
+        return out / "split.json"
+    for job in sorted(out.glob("fold_*/job.json")):
+        try:
+            path = json.loads(job.read_text()).get("split_path")
+        except ValueError:
+            continue
+        if path and Path(path).is_file():
+            return Path(path)
+    return None
+
+
+def tuning_summary(out: Path) -> dict[str, Any] | None:
+    """What the summary says about the tuning hold-out (``None``: no split file found)."""
+    split_path = _split_of(Path(out))
+    if split_path is None:
+        return None
+    from bus_mtl.data.splits import Split
+
+    split = Split.load(split_path)
+    info: dict[str, Any] = {
+        "excluded": bool(split.tuning),
+        "images": len(split.tuning),
+        "fingerprint": split.tuning_fingerprint,
+        "tuning_fraction": split.tuning_fraction if split.tuning else None,
+        "seed": split.seed,
+    }
+    record = Path(out) / TUNED_BY
+    if record.is_file():
+        info["tuned_by"] = json.loads(record.read_text())
+    return info
+
+
+def _tuning_lines(info: dict[str, Any]) -> list[str]:
+    if info["excluded"]:
+        text = (
+            f"Tuning hold-out excluded: {info['images']} images (fingerprint "
+            f"{info['fingerprint']}, data.tuning_fraction {info['tuning_fraction']}, data.seed "
+            f"{info['seed']}) are in no fold's train, validation or test part; they are kept "
+            "for tuning (`bus-mtl sweep`)."
+        )
+    else:
+        text = (
+            "No tuning hold-out (data.tuning: off): every image is tested in one fold, so "
+            "settings tuned on these images (e.g. by a sweep) must not be reported from this "
+            "table; see the README's Experiments section."
+        )
+    tuned = info.get("tuned_by")
+    if tuned:
+        text += (
+            f" Hyper-parameters tuned by {tuned['tuned_by']} on {tuned['images']} images "
+            f"(fingerprint {tuned['fingerprint']}): none of them is among the test images."
+        )
+    return [text, ""]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,6 +591,12 @@ def finish(out: Path) -> dict[str, Any]:
     from bus_mtl.experiments.results import TABLE_METRICS
 
     payload = write_cv_summary(out, TABLE_METRICS)
+    tuning = tuning_summary(out)
+    if tuning is not None:
+        md = out / "summary.md"
+        md.write_text(md.read_text().rstrip("\n") + "\n\n" + "\n".join(_tuning_lines(tuning)))
+        payload["tuning"] = tuning
+        write_json(out / "summary.json", payload)
     cls = binary_rows(read_predictions(out))
     if len(cls) and cls["label"].nunique() == 2:
         reliability_diagram(
@@ -415,21 +620,37 @@ def run_cv(
     argv: Sequence[str] | None = None,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    tuned_by: str | Path | None = None,
 ) -> tuple[dict[str, Any] | None, dict[int, str]]:
     """Run (or resume) the cross-validation folder ``out``.
 
     The split is ``split_path`` when given (``compare`` shares one between variants), else
     ``OUT/split.json``, computed on the first call and reused by every later one.
-    Returns ``(summary payload or None if no fold finished, {fold: error})``.
+    ``tuned_by``: a sweep's folder or hold-out record (:func:`load_tuned`); the run is
+    refused (:class:`TuningLeak`, before any fold runs) when a test part holds one of its
+    images. Returns ``(summary payload or None if no fold finished, {fold: error})``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not configs:
         raise ValueError("at least one --config is needed")
+    tuning = build_datamodule(configs, extra).tuning
+    refuse_tune_mode(tuning)
+    made = False
     if split_path is None:
         split_path = out / "split.json"
         if not split_path.is_file():
             make_split(configs, split_path, protocol, folds, extra)
+            made = True
+    try:
+        checked = check_tuning(Path(split_path), tuning, tuned_by)
+    except ValueError:  # TuningLeak, or a bad --tuned-by
+        if made:  # a refused run leaves no split behind to be resumed by mistake
+            for name in ("split.json", "split_names.json", CONFLICTS_CSV):
+                (out / name).unlink(missing_ok=True)
+        raise
+    if checked is not None:
+        write_json(out / TUNED_BY, checked)
     jobs = fold_jobs(configs, out, Path(split_path), seed, extra, cwd, env)
     record_inputs(out, argv, jobs)
     errors = run_jobs(jobs, parallel)

@@ -11,10 +11,18 @@ The same YAML file serves both ways:
 Each trial's objective is the best value of ``metric.name`` over validation epochs
 (max for ``maximize``, min for ``minimize``), read from the
 :class:`~bus_mtl.experiments.callbacks.RunRecorder` JSON the runner adds to the command.
+
+Trials validate on the *tuning hold-out* (``data.tuning: tune``; see
+:class:`~bus_mtl.data.datamodule.BUSDataModule`): a sweep file's command must set
+``--data.tuning=tune`` (both runners then do), and the local runner forces it after any extra
+arguments. Each trial's ``split.json`` (beside its ``config.yaml``) records the hold-out; the
+local runner gathers them into ``OUT/tuning.json`` (ids and fingerprint), which
+``bus-mtl cv --data.tuning=exclude --tuned-by OUT`` checks its folds against.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -47,6 +55,12 @@ DISTRIBUTIONS = (
 )
 MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_json}")
 RECORDER = "bus_mtl.experiments.callbacks.RunRecorder"
+#: Every trial trains outside the tuning hold-out and validates on it.
+TUNE_ARG = "--data.tuning=tune"
+#: Parameters that draw the hold-out: sampling one gives each trial another hold-out.
+HOLDOUT_KEYS = ("data.tuning", "data.tuning_fraction", "data.seed")
+#: What the local runner writes: the hold-out its trials validated on.
+TUNING_RECORD = "tuning.json"
 
 
 class SweepError(ValueError):
@@ -125,6 +139,13 @@ def validate_sweep(data: dict[str, Any], where: str = "sweep") -> SweepSpec:
                 raise SweepError(f"{where}: parameters.{name}.min must be > 0 for {dist}")
         if method == "grid" and dist not in {"constant", "categorical", "int_uniform"}:
             raise SweepError(f"{where}: parameters.{name}: grid search needs 'values' (got {dist})")
+        if name in HOLDOUT_KEYS and not (name == "data.tuning" and spec.get("value") == "tune"):
+            raise SweepError(
+                f"{where}: parameters.{name} ({spec}): every trial validates on one tuning "
+                f"hold-out, so {name} is not sampled (data.tuning is always tune; "
+                "data.tuning_fraction and data.seed draw the hold-out); remove it from "
+                "parameters and set it in the data config"
+            )
     command = data.get("command")
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
         raise SweepError(f"{where}: command must be a list of strings")
@@ -135,6 +156,8 @@ def validate_sweep(data: dict[str, Any], where: str = "sweep") -> SweepSpec:
         )
     if "${args}" not in command:
         raise SweepError(f"{where}: command must contain ${{args}}")
+    check_tuning_args(command[: command.index("${args}")], f"{where}: command", need=True)
+    check_tuning_args(command[command.index("${args}") :], f"{where}: command")
     for part in command:
         if part.startswith("${") and part not in MACROS:
             raise SweepError(f"{where}: unknown command macro {part}")
@@ -151,6 +174,22 @@ def validate_sweep(data: dict[str, Any], where: str = "sweep") -> SweepSpec:
         program=program,
         raw=data,
     )
+
+
+def check_tuning_args(args: Sequence[str], where: str, need: bool = False) -> None:
+    """``args`` set ``data.tuning`` to nothing but ``tune`` (and do set it when ``need``)."""
+    found = [a for a in args if a == "--data.tuning" or a.startswith("--data.tuning=")]
+    bad = [a for a in found if a != TUNE_ARG]
+    if bad:
+        raise SweepError(
+            f"{where}: {', '.join(bad)}: sweep trials validate on the tuning hold-out, so "
+            f"data.tuning is always tune; use '{TUNE_ARG}' or leave it out"
+        )
+    if need and not found:
+        raise SweepError(
+            f"{where} does not set data.tuning: sweep trials must validate on the tuning "
+            f"hold-out; add '{TUNE_ARG}' to the command before ${{args}}"
+        )
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -280,6 +319,7 @@ class TrialResult:
     state: str
     seconds: float
     folder: str
+    tuning: str = ""  # fingerprint of the hold-out the trial validated on
 
 
 def run_trial(
@@ -291,8 +331,6 @@ def run_trial(
     timeout: float | None = None,
 ) -> tuple[float, float]:
     """Run one trial subprocess in ``folder``; returns ``(objective, seconds)``."""
-    import json
-
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "run.json"
     if record.exists():
@@ -301,6 +339,7 @@ def run_trial(
         f"--trainer.default_root_dir={folder}",
         f"--trainer.callbacks+={RECORDER}",
         f"--trainer.callbacks.path={record}",
+        TUNE_ARG,  # after the extra args: no --config given there can turn it off
     ]
     cmd = build_command(spec, params, [*extra, *own])
     (folder / "command.txt").write_text(shlex.join(cmd) + "\n")
@@ -327,6 +366,56 @@ def run_trial(
     return value, seconds
 
 
+def trial_holdout(folder: Path) -> dict[str, Any] | None:
+    """The tuning hold-out a finished trial validated on, from the ``split.json`` saved beside
+    its ``config.yaml``: ``{"ids", "seed", "tuning_fraction"}`` (``None`` if none found)."""
+    for path in sorted(Path(folder).rglob("split.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("tuning"):
+            return {
+                "ids": sorted(data["tuning"]),
+                "seed": data.get("seed"),
+                "tuning_fraction": data.get("tuning_fraction"),
+            }
+    return None
+
+
+def write_tuning_record(out: Path, holdouts: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """``OUT/tuning.json``: every image a trial validated on (the union over trials, which
+    is one hold-out unless the data config changed between trials) and its fingerprint."""
+    from bus_mtl.data.splits import tuning_fingerprint
+
+    if not holdouts:
+        print(
+            "[sweep] no trial recorded a tuning hold-out (split.json with 'tuning'): "
+            f"{TUNING_RECORD} not written",
+            file=sys.stderr,
+        )
+        return None
+    ids = sorted({i for h in holdouts.values() for i in h["ids"]})
+    trials = {name: tuning_fingerprint(h["ids"]) for name, h in holdouts.items()}
+    if len(set(trials.values())) > 1:
+        print(
+            f"[sweep] trials validated on different tuning hold-outs {trials}; "
+            f"{TUNING_RECORD} holds their union ({len(ids)} images)",
+            file=sys.stderr,
+        )
+    first = next(iter(holdouts.values()))
+    record = {
+        "fingerprint": tuning_fingerprint(ids),
+        "images": len(ids),
+        "seed": first["seed"],
+        "tuning_fraction": first["tuning_fraction"],
+        "trials": trials,
+        "ids": ids,
+    }
+    write_json(Path(out) / TUNING_RECORD, record)
+    return record
+
+
 def run_local_sweep(
     spec: SweepSpec,
     trials: int,
@@ -344,8 +433,11 @@ def run_local_sweep(
     """
     import optuna
 
+    from bus_mtl.data.splits import tuning_fingerprint
+
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
+    check_tuning_args(extra, "extra arguments")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
@@ -355,6 +447,7 @@ def run_local_sweep(
         sampler=make_sampler(spec, seed),
     )
     results: list[TrialResult] = []
+    holdouts: dict[str, dict[str, Any]] = {}
 
     def objective(trial: Any) -> float:
         params = {name: suggest(trial, name, p) for name, p in spec.parameters.items()}
@@ -366,15 +459,26 @@ def run_local_sweep(
             results.append(TrialResult(trial.number, params, math.nan, "FAIL", 0.0, str(folder)))
             raise optuna.TrialPruned() from err  # keeps the sampler going
         state = "COMPLETE" if math.isfinite(value) else "NO_METRIC"
-        results.append(TrialResult(trial.number, params, value, state, seconds, str(folder)))
+        held = trial_holdout(folder)
+        if held is not None:
+            holdouts[folder.name] = held
+        fingerprint = tuning_fingerprint(held["ids"]) if held else ""
+        results.append(
+            TrialResult(trial.number, params, value, state, seconds, str(folder), fingerprint)
+        )
         print(f"[sweep] trial {trial.number}: {spec.metric} = {value:.4f} ({seconds:.0f} s)")
         return value if math.isfinite(value) else float("nan")
 
     study.optimize(objective, n_trials=trials, catch=())
-    return write_ranked(results, spec, out)
+    return write_ranked(results, spec, out, write_tuning_record(out, holdouts))
 
 
-def write_ranked(results: list[TrialResult], spec: SweepSpec, out: Path) -> pd.DataFrame:
+def write_ranked(
+    results: list[TrialResult],
+    spec: SweepSpec,
+    out: Path,
+    tuning: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     rows = []
     for r in results:
         rows.append(
@@ -384,6 +488,7 @@ def write_ranked(results: list[TrialResult], spec: SweepSpec, out: Path) -> pd.D
                 "state": r.state,
                 "seconds": round(r.seconds, 1),
                 **{k: v if _is_primitive(v) else str(v) for k, v in r.params.items()},
+                "tuning": r.tuning,
                 "folder": r.folder,
             }
         )
@@ -393,7 +498,7 @@ def write_ranked(results: list[TrialResult], spec: SweepSpec, out: Path) -> pd.D
     ranked = frame.sort_values(spec.metric, ascending=ascending, na_position="last")
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     ranked.to_csv(out / "ranked.csv", index=False)
-    shown = ranked.drop(columns=["folder"]).astype(object)
+    shown = ranked.drop(columns=["folder", "tuning"]).astype(object)
     shown[spec.metric] = [f"{v:.4f}" if math.isfinite(v) else "—" for v in ranked[spec.metric]]
     md = [
         f"# Local sweep: {spec.path.name}",
@@ -401,8 +506,21 @@ def write_ranked(results: list[TrialResult], spec: SweepSpec, out: Path) -> pd.D
         f"method {spec.method}, {len(ranked)} trials, objective: best {spec.metric} over "
         f"validation epochs ({spec.goal}).",
         "",
+        _tuning_line(tuning, out),
+        "",
         markdown_table(shown),
         "",
     ]
     (out / "ranked.md").write_text("\n".join(md))
     return ranked
+
+
+def _tuning_line(tuning: dict[str, Any] | None, out: Path) -> str:
+    if tuning is None:
+        return "Validation: no trial recorded a tuning hold-out (see the trials' logs)."
+    return (
+        f"Validation: the tuning hold-out (data.tuning: tune), {tuning['images']} images, "
+        f"fingerprint {tuning['fingerprint']} ({TUNING_RECORD}). Report the chosen settings "
+        f"with `bus-mtl cv ... --data.tuning=exclude --tuned-by {out}`: its folds then leave "
+        "these images out, and it refuses to test on any of them."
+    )

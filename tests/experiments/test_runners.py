@@ -166,6 +166,7 @@ def test_local_sweep_completes_two_trials(tiny_data_config, tmp_path):
             "fit",
             "--config",
             "experiments/base.yaml",
+            "--data.tuning=tune",
             "${args}",
         ],
     }
@@ -184,6 +185,11 @@ def test_local_sweep_completes_two_trials(tiny_data_config, tmp_path):
     assert (out / "ranked.md").is_file()
     cmd = (out / "trial_000" / "command.txt").read_text()
     assert "--model.optimizer.init_args.lr=" in cmd
+    # Both trials validated on the same tuning hold-out, recorded for bus-mtl cv --tuned-by.
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert len(set(tuning["trials"].values())) == 1 and tuning["images"] >= 1
+    tuned = pd.read_csv(out / "ranked.csv", dtype={"tuning": str})["tuning"]
+    assert set(tuned) == {tuning["fingerprint"]}
 
 
 @pytest.mark.slow

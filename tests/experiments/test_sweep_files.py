@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from bus_mtl.experiments.sweep import (
+    TUNE_ARG,
     SweepError,
     build_command,
     format_args,
@@ -41,6 +42,10 @@ def test_sweep_file_is_valid_wandb_sweep(path):
         if "distribution" in p:
             assert p["min"] < p["max"]
     assert "${args}" in raw["command"] and "${args_no_hyphens}" not in raw["command"]
+    # Trials validate on the tuning hold-out: set before the sampled values, never changed.
+    cmd = raw["command"]
+    assert TUNE_ARG in cmd and cmd.index(TUNE_ARG) < cmd.index("${args}")
+    assert not any(k.startswith("data.tuning") or k == "data.seed" for k in raw["parameters"])
     assert raw["command"][raw["command"].index("fit") - 1] == "bus_mtl.cli.main"
     spec = load_sweep(path)
     # Every file the command or a parameter names exists (run from the project root).
@@ -68,7 +73,15 @@ def base_sweep(**over):
             "model.weighting.init_args.cls": {"min": 0.5, "max": 2.0},
             "trainer.max_epochs": {"min": 1, "max": 3},
         },
-        "command": ["${env}", "${interpreter}", "-m", "bus_mtl.cli.main", "fit", "${args}"],
+        "command": [
+            "${env}",
+            "${interpreter}",
+            "-m",
+            "bus_mtl.cli.main",
+            "fit",
+            TUNE_ARG,
+            "${args}",
+        ],
     }
     data.update(over)
     return data
@@ -86,6 +99,13 @@ def base_sweep(**over):
         ({"parameters": {"lr": {"distribution": "uniform", "min": 2, "max": 1}}}, "below max"),
         ({"parameters": {"lr": {"foo": 1}}}, "parameters.lr"),
         ({"method": "grid"}, "grid"),
+        # the tuning hold-out: always set, always tune, never sampled
+        ({"command": ["python", "-m", "x", "fit", "${args}"]}, "add '--data.tuning=tune'"),
+        ({"command": ["python", "fit", "--data.tuning=off", "${args}"]}, "data.tuning=off"),
+        ({"command": ["python", "fit", TUNE_ARG, "${args}", "--data.tuning=exclude"]}, "exclude"),
+        ({"parameters": {"data.tuning": {"values": ["off", "tune"]}}}, "parameters.data.tuning"),
+        ({"parameters": {"data.seed": {"values": [1, 2]}}}, "parameters.data.seed"),
+        ({"parameters": {"data.tuning_fraction": {"min": 0.1, "max": 0.2}}}, "tuning_fraction"),
     ],
 )
 def test_invalid_sweeps_name_the_key(change, message):
@@ -106,6 +126,7 @@ def test_args_expand_like_the_wandb_agent():
         "-m",
         "bus_mtl.cli.main",
         "fit",
+        TUNE_ARG,
         "--trainer.fast_dev_run=true",
         "--model.optimizer.init_args.lr=0.001",
         "--data.augmentation=light",
@@ -159,3 +180,8 @@ def test_objective_is_best_validation_value():
     assert objective_from_record(record, "val/dice", "maximize") == 0.7
     assert objective_from_record(record, "val/dice", "minimize") == 0.5
     assert math.isnan(objective_from_record(record, "val/auc", "maximize"))
+
+
+def test_tune_constant_is_allowed():
+    spec = validate_sweep(base_sweep(parameters={"data.tuning": {"value": "tune"}}))
+    assert spec.parameters["data.tuning"] == {"value": "tune"}
