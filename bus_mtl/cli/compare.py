@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="base/data YAMLs before each variant's (repeat; default experiments/base.yaml)",
     )
-    p.add_argument("--variants-dir", default="experiments/variants")
+    p.add_argument(
+        "--variants-dir",
+        default=None,
+        help="folder of the variant YAMLs (default experiments/variants, else the packaged one)",
+    )
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", default=None, help="default results/compare_<time>")
     p.add_argument("--parallel", type=int, default=1, help="fold runs at once (default 1)")
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from bus_mtl.configs import resolve
     from bus_mtl.experiments.compare import run_compare
 
     args, extra = build_parser().parse_known_args(argv)
@@ -61,14 +66,14 @@ def main(argv: list[str]) -> int:
     try:
         _, failed = run_compare(
             variants,
-            args.config or ["experiments/base.yaml"],
+            args.config or [resolve("experiments/base.yaml")],
             out,
             folds=args.folds,
             extra=extra,
             parallel=args.parallel,
             protocols=parse_protocols(args.protocol),
             seed=args.seed,
-            variants_dir=args.variants_dir,
+            variants_dir=args.variants_dir or resolve("experiments/variants"),
             argv=["compare", *argv],
             reference=args.reference,
         )

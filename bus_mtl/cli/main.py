@@ -13,7 +13,7 @@ import sys
 # returns an int exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "main": ("bus_mtl.cli.main_job:main", "train the paper's best variant on the data found"),
-    "fit": ("bus_mtl.cli.lightning:main", "LightningCLI fit (--config experiments/...)"),
+    "fit": ("bus_mtl.cli.lightning:main", "LightningCLI fit (--config FILE or preset:NAME)"),
     "validate": ("bus_mtl.cli.lightning:main", "LightningCLI validate"),
     "test": ("bus_mtl.cli.lightning:main", "LightningCLI test"),
     "predict": (
@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("bus_mtl.cli.sweep:main", "run a W&B sweep file locally (optuna)"),
     "export": ("bus_mtl.cli.export:main", "export a checkpoint to ONNX or TorchScript"),
     "bench": ("bus_mtl.cli.bench:main", "benchmarks: data | models | inference"),
+    "presets": (
+        "bus_mtl.cli.presets:main",
+        "list the packaged YAML presets (--config preset:NAME names one)",
+    ),
 }
 
 
@@ -51,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"bus-mtl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    from bus_mtl.configs import resolve_args
+
+    # Presets by name from any folder: --config preset:recipes/cpu.yaml, and an
+    # experiments/... path that is not there falls back to the packaged preset.
+    try:
+        rest = resolve_args(rest)
+    except FileNotFoundError as err:  # an unknown preset:NAME
+        print(f"bus-mtl {name}: {err}", file=sys.stderr)
         return 2
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
