@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from torch import nn
 
 from bus_mtl.models.base import MTLNet
@@ -45,9 +47,15 @@ def create(name: str, in_channels: int = 1, num_classes: int = 1, **kwargs) -> M
     return variant_class(name)(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
-def variant_name(net: nn.Module) -> str | None:
-    """Registry name of ``net``'s class (``None`` if it is not a registered variant)."""
-    for name, cls in VARIANTS.items():
-        if type(net) is cls:
-            return name
-    return None
+def variant_name(net: nn.Module | type | str) -> str | None:
+    """Registry name of a net, a net class, or a class path (``"bus_mtl.models.SMPUnet"``,
+    short or full); ``None`` if it is not a registered variant (or cannot be imported)."""
+    if isinstance(net, str):
+        module_name, _, attr = net.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError):
+            return None
+    else:
+        cls = net if isinstance(net, type) else type(net)
+    return next((name for name, variant in VARIANTS.items() if variant is cls), None)

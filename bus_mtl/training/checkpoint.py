@@ -88,19 +88,10 @@ def _warn_unless_rebuilds(net: nn.Module, init_args: dict[str, Any]) -> None:
         )
 
 
-def variant_name(class_path: str) -> str | None:
-    """The ``bus_mtl.models`` registry name of a class path (short or full), else ``None``."""
-    try:
-        from bus_mtl.models.registry import VARIANTS
-
-        cls = _import_class(class_path)
-    except (ImportError, ValueError):
-        return None
-    return next((name for name, variant in VARIANTS.items() if variant is cls), None)
-
-
 def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
     """The ``checkpoint["bus_mtl"]`` dict of ARCHITECTURE.md for a ``MultiTaskModule``."""
+    from bus_mtl.models.registry import variant_name
+
     config = module.net_config
     net = module.net
     normalization = getattr(datamodule, "normalization", None)

@@ -35,6 +35,13 @@ def test_class_path_config_builds_the_paper_best():
     )
     net = parser.instantiate_classes(cfg).net
     assert variant_name(net) == "seg_features_effnet"
+    # One identity: the class and its class paths (full or short) name the same variant.
+    assert variant_name(type(net)) == "seg_features_effnet"
+    assert variant_name("bus_mtl.models.SegResNetEffNetFeatures") == "seg_features_effnet"
+    assert variant_name(
+        "bus_mtl.models.seg_features_effnet.SegResNetEffNetFeatures"
+    ) == "seg_features_effnet"
+    assert variant_name("torch.nn.Linear") is None and variant_name("no.such.Class") is None
     assert net.in_channels == 3 and net.feature_source == "bottleneck"
 
 
