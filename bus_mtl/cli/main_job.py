@@ -32,11 +32,22 @@ RECIPE_KEYS = {
 
 
 def read_recipe(name: str) -> dict[str, Any]:
-    """The summary values of ``experiments/recipes/<name>.yaml`` (``cpu`` or ``gpu``)."""
+    """The summary values of ``experiments/recipes/<name>.yaml`` (``cpu`` or ``gpu``), with
+    ``budget_min`` = the minutes of its ``TimeBudget`` callback (``None`` without one)."""
     config = yaml.safe_load(preset(f"recipes/{name}.yaml").read_text())
-    out = {}
+    out: dict[str, Any] = {}
     for key, (group, field) in RECIPE_KEYS.items():
         out[key] = (config.get(group) or {}).get(field)
+    trainer = config.get("trainer") or {}
+    callbacks = [*(trainer.get("callbacks") or []), *(trainer.get("callbacks+") or [])]
+    out["budget_min"] = next(
+        (
+            float((cb.get("init_args") or {}).get("minutes"))
+            for cb in callbacks
+            if str(cb.get("class_path", "")).endswith("TimeBudget")
+        ),
+        None,
+    )
     return out
 
 
@@ -165,7 +176,13 @@ def build_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], lis
     if accelerator == "cpu":
         notes.append(
             f"CPU recipe (experiments/recipes/cpu.yaml): {recipe['image_size']} px, "
-            f"{recipe['max_epochs']} epochs, batch {recipe['batch_size']} (the paper's recipe "
+            + (
+                f"as many epochs as fit into {recipe['budget_min']:g} min of training "
+                f"(at most {recipe['max_epochs']})"
+                if recipe.get("budget_min")
+                else f"{recipe['max_epochs']} epochs"
+            )
+            + f", batch {recipe['batch_size']} (the paper's recipe "
             "is 256 px, ~100 epochs on a GPU). Full recipe:\n"
             "  bus-mtl fit --config experiments/base.yaml --config experiments/data/busi.yaml "
             "--config experiments/recipes/gpu.yaml --trainer.accelerator gpu\n"

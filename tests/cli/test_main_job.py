@@ -28,6 +28,9 @@ def test_cpu_recipe_is_the_yaml_file_and_prints_the_gpu_command(monkeypatch, tmp
     assert not any(a.startswith("--data.image_size") for a in args)  # the YAML's value
     assert recipe == main_job.read_recipe("cpu")
     assert recipe["precision"] == "32" and recipe["image_size"] % 32 == 0
+    # At most 15 minutes of training on any machine: a TimeBudget caps the epochs.
+    assert recipe["budget_min"] is not None and 0 < recipe["budget_min"] <= 15
+    assert f"{recipe['budget_min']:g} min" in notes[1]
     assert "synthetic" in notes[0] and "no BUSI found" in notes[0]
     assert "CPU recipe" in notes[1] and "--trainer.accelerator gpu" in notes[1]
 
@@ -47,6 +50,10 @@ def test_cpu_recipe_builds_the_papers_best_variant(monkeypatch, tmp_path):
     assert cli.datamodule.image_size == recipe["image_size"]
     assert cli.datamodule.batch_size == recipe["batch_size"]
     assert cli.trainer.max_epochs == recipe["max_epochs"]
+    from bus_mtl.training import TimeBudget
+
+    (budget,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TimeBudget)]
+    assert budget.budget_s == 60 * recipe["budget_min"]
 
 
 def test_gpu_recipe_and_overrides(monkeypatch, tmp_path):
