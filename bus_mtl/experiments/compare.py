@@ -553,12 +553,14 @@ def _fmt_p(p: object) -> str:
 
 
 def join_predictions(frames: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
-    """One row per (protocol, image): ``prob_<variant>``, ``dice_<variant>``, ... side by side,
-    with the image's near-duplicate ``group`` where known."""
+    """One row per (protocol, image): ``prob_<variant>``, ``threshold_<variant>`` (the fold's
+    stored decision threshold: malignant when ``prob > threshold``), ``dice_<variant>``, ...
+    side by side, with the image's near-duplicate ``group`` where known."""
     merged: dict[str, pd.DataFrame] = {}
     keys = ["id", "centre", "label", "fold", "group"]
     for (protocol, v), pred in frames.items():
-        cols = [c for c in ("prob", "dice", "iou", "hd95", "mask_area") if c in pred]
+        names = ("prob", "threshold", "dice", "iou", "hd95", "mask_area")
+        cols = [c for c in names if c in pred]
         part = pred[[k for k in keys if k in pred] + cols].rename(
             columns={c: f"{c}_{v}" for c in cols}
         )

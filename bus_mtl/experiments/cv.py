@@ -587,8 +587,8 @@ def record_inputs(out: Path, argv: Sequence[str] | None, jobs: Sequence[FoldJob]
 
 def finish(out: Path) -> dict[str, Any]:
     """Summary tables + the reliability diagram of the pooled out-of-fold probabilities."""
-    from bus_mtl.experiments.plots import reliability_diagram
     from bus_mtl.experiments.results import TABLE_METRICS
+    from bus_mtl.training.visualization import reliability_diagram
 
     payload = write_cv_summary(out, TABLE_METRICS)
     tuning = tuning_summary(out)
@@ -600,8 +600,8 @@ def finish(out: Path) -> dict[str, Any]:
     cls = binary_rows(read_predictions(out))
     if len(cls) and cls["label"].nunique() == 2:
         reliability_diagram(
-            cls["label"].to_numpy(),
             cls["prob"].to_numpy(dtype=float),
+            cls["label"].to_numpy(),
             out / "reliability.png",
             title=out.name,
         )

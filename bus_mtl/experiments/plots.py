@@ -1,4 +1,7 @@
-"""PNG figures for experiment folders (matplotlib, Agg backend: no display needed)."""
+"""PNG figures for experiment folders (matplotlib, Agg backend: no display needed).
+
+The reliability diagram is ``bus_mtl.training.visualization.reliability_diagram``.
+"""
 
 from __future__ import annotations
 
@@ -12,43 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bus_mtl.experiments.results import ECE_BINS, PERCENT_METRICS, reliability_bins  # noqa: E402
-
-
-def reliability_diagram(
-    labels: np.ndarray, probs: np.ndarray, path: Path, n_bins: int = ECE_BINS, title: str = ""
-) -> float:
-    """Save a reliability diagram (observed malignant fraction vs mean probability per bin)
-    with a histogram of the probabilities below it. Returns the ECE."""
-    bins = reliability_bins(labels, probs, n_bins)
-    centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2
-    width = 1.0 / n_bins
-    fig, (ax, hist) = plt.subplots(
-        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-    filled = bins["count"] > 0
-    ax.bar(
-        centres[filled],
-        bins["frequency"][filled],
-        width=width * 0.9,
-        color="tab:blue",
-        alpha=0.8,
-        label="observed malignant fraction",
-    )
-    ax.plot(bins["confidence"][filled], bins["frequency"][filled], "o", color="tab:red", ms=4)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction malignant")
-    ax.set_title(f"{title}  ECE = {bins['ece']:.3f}".strip())
-    ax.legend(loc="upper left", fontsize=8)
-    hist.bar(centres, bins["count"], width=width * 0.9, color="grey")
-    hist.set_xlim(0, 1)
-    hist.set_xlabel("predicted malignancy probability")
-    hist.set_ylabel("images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return float(bins["ece"])
+from bus_mtl.experiments.results import PERCENT_METRICS  # noqa: E402
 
 
 def comparison_plot(

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from bus_mtl.experiments.stats import mean_std
-from bus_mtl.training.metrics import ECE_BINS
+
+# reliability_bins: re-exported, the ECE's bins live beside its definition.
+from bus_mtl.training.metrics import ECE_BINS, binary_metrics, reliability_bins  # noqa: F401
 
 # The paper's table, in order. "params" comes from the checkpoint, not from a test metric.
 TABLE_METRICS: tuple[str, ...] = (
@@ -149,17 +151,15 @@ def binary_rows(pred: pd.DataFrame) -> pd.DataFrame:
 def pooled_metrics(pred: pd.DataFrame, threshold: float = 0.5, n_bins: int = ECE_BINS) -> dict:
     """Metrics over all out-of-fold images at once (not a mean of fold means).
 
-    Same definitions as the training logs (``bus_mtl.training.metrics``): AUC by
-    torchmetrics, "malignant" when ``prob > threshold``, ECE with ``n_bins`` (15)
-    equal-width bins of the malignancy probability (L1), Brier of that probability. Each
-    row is decided at its own fold's threshold (column ``threshold``, the operating point
-    fitted on that fold's validation part, as ``read_predictions`` adds it); rows without
-    one use ``threshold``. Classification uses rows labelled 0/1 with a finite ``prob``;
-    Dice/IoU/HD95 are per-image means ignoring NaN (images where they do not apply).
+    Classification by :func:`bus_mtl.training.metrics.binary_metrics`, the definition the
+    training logs (and so each fold's ``metrics.json``) use: AUC by torchmetrics,
+    "malignant" when ``prob > threshold``, ECE with ``n_bins`` (15) equal-width bins of the
+    malignancy probability (L1), Brier of that probability. Each row is decided at its own
+    fold's threshold (column ``threshold``, the operating point fitted on that fold's
+    validation part, as ``read_predictions`` adds it); rows without one use ``threshold``.
+    Classification uses rows labelled 0/1 with a finite ``prob``; Dice/IoU/HD95 are
+    per-image means ignoring NaN (images where they do not apply).
     """
-    import torch
-    from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
-
     out: dict[str, float] = {"n_images": float(len(pred))}
     for name in ("dice", "iou", "hd95"):
         if name in pred.columns:
@@ -167,48 +167,16 @@ def pooled_metrics(pred: pd.DataFrame, threshold: float = 0.5, n_bins: int = ECE
             out[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
     cls = binary_rows(pred)
     if len(cls):
-        y = cls["label"].to_numpy(dtype=int)
-        p = cls["prob"].to_numpy(dtype=float)
         t = np.full(len(cls), float(threshold))
         if "threshold" in cls.columns:
             given = cls["threshold"].to_numpy(dtype=float)
             t = np.where(np.isfinite(given), given, t)
-        hat = (p > t).astype(int)
-        tp = int(((hat == 1) & (y == 1)).sum())
-        tn = int(((hat == 0) & (y == 0)).sum())
-        fp = int(((hat == 1) & (y == 0)).sum())
-        fn = int(((hat == 0) & (y == 1)).sum())
-        pt, yt = torch.tensor(p, dtype=torch.float64), torch.tensor(y)
-        out["auc"] = float(binary_auroc(pt, yt)) if 0 < y.sum() < len(y) else math.nan
-        out["acc"] = (tp + tn) / len(y)
-        out["sensitivity"] = tp / (tp + fn) if tp + fn else math.nan
-        out["specificity"] = tn / (tn + fp) if tn + fp else math.nan
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
-        out["brier"] = float(np.mean((p - y) ** 2))
-        out["ece"] = float(binary_calibration_error(pt, yt, n_bins=n_bins, norm="l1"))
-        out["n_classified"] = float(len(y))
+        values = binary_metrics(
+            cls["prob"].to_numpy(dtype=float), cls["label"].to_numpy(dtype=int), t, n_bins=n_bins
+        )
+        out.update({k: float(v) for k, v in values.items()})
+        out["n_classified"] = float(len(cls))
     return out
-
-
-def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = ECE_BINS) -> dict:
-    """Equal-width confidence bins of the malignancy probability.
-
-    Returns per-bin ``count``, mean predicted ``confidence`` and observed ``frequency``
-    (fraction malignant), plus ``ece`` = Σ count/N · |frequency − confidence|.
-    """
-    y = np.asarray(y, dtype=float)
-    p = np.asarray(p, dtype=float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(float)
-    conf = np.bincount(idx, weights=p, minlength=n_bins)
-    freq = np.bincount(idx, weights=y, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.where(count > 0, conf / count, np.nan)
-        freq = np.where(count > 0, freq / count, np.nan)
-    gaps = np.where(count > 0, np.abs(freq - conf), 0.0)
-    ece = float((count * gaps).sum() / max(count.sum(), 1.0))
-    return {"edges": edges, "count": count, "confidence": conf, "frequency": freq, "ece": ece}
 
 
 def format_mean_std(mean: float, std: float, metric: str) -> str:

@@ -19,13 +19,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torchmetrics.functional.classification import (
-    binary_calibration_error,
-    binary_roc,
-    multiclass_calibration_error,
-)
+from torchmetrics.functional.classification import binary_roc
 
 from bus_mtl.training.checkpoint import net_state_dict
+from bus_mtl.training.metrics import ECE_BINS, MALIGNANT, brier_score, calibration_error
 
 LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3] ≈ [0.05, 20]
 THRESHOLD_RULES = ("youden", "sensitivity", "fixed")
@@ -40,14 +37,18 @@ def _nll(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15) -> float:
-    """Top-label ECE (L1, equal-width bins) of B×K logits against (B,) labels."""
+def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
+    """The ECE of the training logs (``val/ece``, ``test/ece``) for B×K logits: of
+    ``P(malignant)`` (sigmoid for K = 1, the malignant softmax column for K = 3) against the
+    malignant indicator, one-vs-rest, never top-label; :data:`ECE_BINS` equal-width bins, L1
+    (:func:`bus_mtl.training.metrics.calibration_error`). Labels < 0 are ignored."""
+    keep = labels >= 0
+    logits, labels = logits[keep].float(), labels[keep]
     if logits.shape[1] == 1:
-        return float(binary_calibration_error(torch.sigmoid(logits[:, 0]), labels, n_bins=n_bins))
-    probs = torch.softmax(logits, dim=1)
-    return float(
-        multiclass_calibration_error(probs, labels, num_classes=logits.shape[1], n_bins=n_bins)
-    )
+        probs = torch.sigmoid(logits[:, 0])
+    else:
+        probs = torch.softmax(logits, dim=1)[:, MALIGNANT]
+    return float(calibration_error(probs, labels, n_bins=n_bins))
 
 
 def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> float:
@@ -168,7 +169,8 @@ class TemperatureCalibration(Callback):
     user loads, tests, predicts with or exports carries its own operating point.
 
     Logs (current weights) ``val/temperature``, ``val/decision_threshold``,
-    ``val/ece_uncalibrated``, ``val/ece_calibrated``, ``val/brier_calibrated``,
+    ``val/ece_uncalibrated``, ``val/ece_calibrated`` (the ECE of ``val/ece``, malignant
+    one-vs-rest also for K = 3: :func:`expected_calibration_error`), ``val/brier_calibrated``,
     ``val/brier_skill`` (1 - Brier / π(1-π)) and ``val/logit_std``, and warns when the
     temperature hits its search bound or the logits are (near) constant: then a small ECE
     only says that every probability equals the prevalence. Skipped for segmentation-only
@@ -186,7 +188,7 @@ class TemperatureCalibration(Callback):
     def __init__(
         self,
         max_iter: int = 100,
-        n_bins: int = 15,
+        n_bins: int = ECE_BINS,
         threshold_rule: Literal["youden", "sensitivity", "fixed"] = "youden",
         target_sensitivity: float = 0.9,
     ) -> None:
@@ -240,7 +242,7 @@ class TemperatureCalibration(Callback):
             out["decision_threshold"] = choose_threshold(
                 probs, y, self.threshold_rule, self.target_sensitivity, default_threshold
             )
-            out["brier_calibrated"] = float(((probs - y.double()) ** 2).mean())
+            out["brier_calibrated"] = float(brier_score(probs, y))
             out["brier_skill"] = brier_skill_score(probs, y)
             out["logit_std"] = float(logits[:, 0].double().std()) if len(y) > 1 else float("nan")
         else:

@@ -22,7 +22,22 @@ Empty-mask policy (images without a lesion: normal images, or an empty predictio
   Euclidean distance, ``torch.quantile`` linear interpolation, maximum of both directions).
 
 Classification: AUC, accuracy, sensitivity, specificity, F1, balanced accuracy, ECE and
-Brier score for the malignant class.
+Brier score for the malignant class, defined once in :func:`binary_metrics` (torchmetrics
+functional) and used by the training logs (:class:`ClassificationMetrics`), the pooled cv
+metrics (``bus_mtl.experiments.results.pooled_metrics``), temperature calibration
+(``val/ece_*``) and the reliability diagram (:func:`reliability_bins`):
+
+* decision: malignant when ``p > threshold`` (strictly: a probability equal to the
+  threshold is benign; :func:`malignant_calls`), at the model's stored decision threshold;
+* AUC: ``binary_auroc`` (ties count 1/2);
+* ECE: ``binary_calibration_error`` with :data:`ECE_BINS` (15) equal-width bins ``[k/15,
+  (k+1)/15)`` (a probability of exactly 1 gets a bin of its own), L1 norm, of
+  ``P(malignant)`` against the 0/1 malignant indicator: one-vs-rest for the malignant class
+  whatever the number of classes (never top-label);
+* Brier: mean of ``(P(malignant) - y)^2``.
+
+Probabilities are taken as float32 (what the network produces), so metrics recomputed from
+the per-image CSVs (written with 9 significant digits) equal the logged ones.
 """
 
 from __future__ import annotations
@@ -42,15 +57,25 @@ from torchmetrics.functional.classification import (
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
+    "BINARY_METRICS",
+    "ECE_BINS",
     "ClassificationMetrics",
     "SegmentationMetrics",
+    "binary_metrics",
+    "brier_score",
+    "calibration_error",
     "hd95",
+    "malignant_calls",
     "original_size_seg_metrics",
     "per_image_seg_metrics",
+    "reliability_bins",
 ]
 
 MALIGNANT = 1
+#: Equal-width bins of the expected calibration error (L1), everywhere.
 ECE_BINS = 15
+#: What :func:`binary_metrics` returns, in order.
+BINARY_METRICS = ("auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc", "ece", "brier")
 
 
 def _nanmean(x: Tensor) -> Tensor:
@@ -310,6 +335,128 @@ class SegmentationMetrics(Metric):
         }
 
 
+def _tensor(x: Any) -> Tensor:
+    """A tensor as is; arrays, lists and pandas columns copied into one."""
+    return x if isinstance(x, Tensor) else torch.tensor(np.asarray(x))
+
+
+def _binary_inputs(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
+    """(float32 probabilities, long 0/1 malignant indicator) from tensors, arrays or lists."""
+    p, y = _tensor(probs), _tensor(labels)
+    p = p.detach().reshape(-1).to(torch.float32).contiguous()
+    y = y.detach().reshape(-1).to(p.device)
+    if p.shape != y.shape:
+        raise ValueError(f"{p.numel()} probabilities but {y.numel()} labels.")
+    if y.numel() and bool((y < 0).any()):
+        raise ValueError("labels must be >= 0 (drop unlabelled samples, label -1, first).")
+    return p, (y == MALIGNANT).long()
+
+
+def malignant_calls(probs: Any, threshold: Any = 0.5) -> Tensor:
+    """The decision rule: malignant when ``p > threshold`` (a probability equal to the
+    threshold is benign). ``threshold``: a number, or one per sample (e.g. each cv fold's
+    stored operating point). Compared in float32, the probabilities' precision."""
+    p = _tensor(probs).detach().to(torch.float32)
+    return p > _tensor(threshold).to(device=p.device, dtype=torch.float32)
+
+
+def calibration_error(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> Tensor:
+    """Expected calibration error of ``P(malignant)`` against the malignant indicator
+    (label 1): ``binary_calibration_error`` with ``n_bins`` equal-width bins, L1."""
+    p, y = _binary_inputs(probs, labels)
+    if y.numel() == 0:
+        return torch.tensor(float("nan"), device=p.device)
+    return binary_calibration_error(p, y, n_bins=n_bins, norm="l1")
+
+
+def brier_score(probs: Any, labels: Any) -> Tensor:
+    """Mean squared difference between ``P(malignant)`` and the malignant indicator."""
+    p, y = _binary_inputs(probs, labels)
+    if y.numel() == 0:
+        return torch.tensor(float("nan"), device=p.device)
+    return ((p - y.float()) ** 2).mean()
+
+
+def binary_metrics(
+    probs: Any,
+    labels: Any,
+    threshold: Any = 0.5,
+    *,
+    calls: Any = None,
+    n_bins: int = ECE_BINS,
+) -> dict[str, Tensor]:
+    """The classification metrics of this project, one definition for every report.
+
+    Args:
+        probs: (N,) malignancy probabilities ``P(malignant)``.
+        labels: (N,) class labels >= 0; 1 = malignant, anything else is "not malignant"
+            (benign, or normal for K = 3).
+        threshold: decision threshold, a number or one per sample; a sample is called
+            malignant when ``p > threshold`` (:func:`malignant_calls`).
+        calls: (N,) malignant calls that replace the threshold rule (K = 3: argmax is
+            malignant).
+        n_bins: ECE bins.
+
+    Returns:
+        0-d float32 tensors :data:`BINARY_METRICS`: ``auc`` (``binary_auroc``), ``acc``
+        (calls against the malignant indicator), ``sensitivity``, ``specificity``, ``f1``
+        and ``balanced_acc`` (from ``binary_stat_scores`` of the calls), ``ece``
+        (:func:`calibration_error`) and ``brier`` (:func:`brier_score`). Undefined values
+        are NaN, never 0: AUC with one class, sensitivity without malignant samples,
+        specificity without other ones, F1 without malignant samples or calls, and all of
+        them without samples.
+    """
+    p, y = _binary_inputs(probs, labels)
+    nan = torch.tensor(float("nan"), device=p.device)
+    if y.numel() == 0:
+        return {name: nan.clone() for name in BINARY_METRICS}
+    hard = malignant_calls(p, threshold) if calls is None else _tensor(calls)
+    hard = hard.reshape(-1).to(p.device).long()
+    if hard.shape != y.shape:
+        raise ValueError(f"{hard.numel()} calls for {y.numel()} samples.")
+    tp, fp, tn, fn, _ = binary_stat_scores(hard, y).float().unbind()
+    sens = tp / (tp + fn) if tp + fn > 0 else nan
+    spec = tn / (tn + fp) if tn + fp > 0 else nan
+    out = {
+        "auc": binary_auroc(p, y) if 0 < int(y.sum()) < y.numel() else nan,
+        "acc": (tp + tn) / y.numel(),
+        "sensitivity": sens,
+        "specificity": spec,
+        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else nan,
+        "balanced_acc": (sens + spec) / 2,
+        "ece": binary_calibration_error(p, y, n_bins=n_bins, norm="l1"),
+        "brier": ((p - y.float()) ** 2).mean(),
+    }
+    return {k: torch.as_tensor(v, dtype=torch.float32, device=p.device) for k, v in out.items()}
+
+
+def reliability_bins(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> dict[str, Any]:
+    """The ECE's bins, for a reliability diagram: per-bin ``count``, mean predicted
+    ``confidence`` and observed ``frequency`` (fraction malignant), NaN for empty bins,
+    ``edges`` and ``ece`` = :func:`calibration_error` (numpy arrays, float ``ece``).
+
+    Bins as ``binary_calibration_error``: ``[k/n, (k+1)/n)`` in float32; a probability of
+    exactly 1, which torchmetrics scores in a bin of its own, is drawn in the last bin.
+    """
+    p, y = _binary_inputs(probs, labels)
+    p, y = p.cpu(), y.cpu()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=p.dtype)
+    idx = (torch.bucketize(p, edges, right=True) - 1).clamp(0, n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).double().numpy()
+    conf = torch.bincount(idx, weights=p.double(), minlength=n_bins).numpy()
+    freq = torch.bincount(idx, weights=y.double(), minlength=n_bins).numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.where(count > 0, conf / count, np.nan)
+        freq = np.where(count > 0, freq / count, np.nan)
+    return {
+        "edges": edges.double().numpy(),
+        "count": count,
+        "confidence": conf,
+        "frequency": freq,
+        "ece": float(calibration_error(p, y, n_bins)),
+    }
+
+
 class ClassificationMetrics(Metric):
     """Malignancy classification metrics: AUC, accuracy, sensitivity, specificity, F1,
     balanced accuracy, ECE (15 equal-width bins, L1) and Brier score.
@@ -317,6 +464,9 @@ class ClassificationMetrics(Metric):
     ``update(logits: B×K, labels: B long)`` takes logits: probabilities are
     ``sigmoid`` (K = 1) or ``softmax`` (K > 1) of them; divide the logits by the fitted
     temperature first to score calibrated probabilities. Samples with label -1 are skipped.
+
+    Every value is :func:`binary_metrics`'s (the one definition, also used for pooled cv
+    metrics); this class only accumulates the samples.
 
     * K = 1: positive = malignant (label 1); predicted malignant when ``p > threshold``.
     * K = 3 (benign, malignant, normal): ``acc`` is the 3-class accuracy of the argmax;
@@ -380,36 +530,15 @@ class ClassificationMetrics(Metric):
         self.labels.append(labels)
 
     def compute(self) -> dict[str, Tensor]:
-        names = ("auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc", "ece", "brier")
         probs = _cat_state(self.probs, torch.zeros(0, self.num_classes, device=self.device))
         labels = _cat_state(self.labels, torch.zeros(0, dtype=torch.long, device=self.device))
-        nan = float("nan")
-        if labels.numel() == 0:
-            return {name: torch.tensor(nan, device=self.device) for name in names}
         probs = probs.reshape(-1, self.num_classes)
-        y = (labels == MALIGNANT).long()
         if self.num_classes == 1:
-            p = probs[:, 0]
-            hard = (p > self.threshold).long()
-            acc = (hard == y).float().mean()
+            out = binary_metrics(probs[:, 0], labels, self.threshold)
         else:
-            p = probs[:, MALIGNANT].contiguous()
             argmax = probs.argmax(dim=1)
-            hard = (argmax == MALIGNANT).long()
-            acc = (argmax == labels).float().mean()
-        tp, fp, tn, fn, _ = binary_stat_scores(hard, y).float().unbind()
-        sens = tp / (tp + fn) if tp + fn > 0 else torch.tensor(nan)
-        spec = tn / (tn + fp) if tn + fp > 0 else torch.tensor(nan)
-        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else torch.tensor(nan)
-        auc = binary_auroc(p, y) if 0 < int(y.sum()) < y.numel() else torch.tensor(nan)
-        out = {
-            "auc": auc,
-            "acc": acc,
-            "sensitivity": sens,
-            "specificity": spec,
-            "f1": f1,
-            "balanced_acc": (sens + spec) / 2,
-            "ece": binary_calibration_error(p, y, n_bins=ECE_BINS, norm="l1"),
-            "brier": ((p - y.float()) ** 2).mean(),
-        }
+            p = probs[:, MALIGNANT].contiguous()
+            out = binary_metrics(p, labels, calls=argmax == MALIGNANT)
+            if labels.numel():
+                out["acc"] = (argmax == labels).float().mean()
         return {k: torch.as_tensor(v, dtype=torch.float32).to(self.device) for k, v in out.items()}

@@ -1,4 +1,4 @@
-"""Validation overlays and ROC curve, as W&B images or PNG files."""
+"""Validation overlays and ROC curve, as W&B images or PNG files; the reliability diagram."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryROC
+
+from bus_mtl.training.metrics import ECE_BINS, reliability_bins
 
 
 def _figure_to_array(fig: Any) -> np.ndarray:
@@ -79,6 +81,62 @@ def draw_roc(fpr: Tensor, tpr: Tensor, auc: float) -> np.ndarray:
     array = _figure_to_array(fig)
     plt.close(fig)
     return array
+
+
+def reliability_diagram(
+    probs: Any, labels: Any, path: str | Path, n_bins: int = ECE_BINS, title: str = ""
+) -> float:
+    """Save a reliability diagram PNG of malignancy ``probs`` against ``labels`` (observed
+    malignant fraction vs mean probability per bin, a histogram of the probabilities below
+    it); returns the ECE, the one the training logs report (:func:`reliability_bins`).
+
+    Labels other than 0/1 and NaN probabilities are dropped. The one diagram of the project:
+    ``bus-mtl cv`` draws it for the pooled out-of-fold probabilities and
+    ``bus_mtl.inference.calibration`` re-exports it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    probs = np.asarray(probs, dtype=float).ravel()
+    labels = np.asarray(labels, dtype=float).ravel()
+    if probs.shape != labels.shape:
+        raise ValueError(f"probs and labels differ in length: {probs.shape} vs {labels.shape}")
+    keep = np.isfinite(probs) & np.isin(labels, (0, 1))
+    if not keep.any():
+        raise ValueError("no image with a malignancy probability and a 0/1 label to plot")
+    bins = reliability_bins(probs[keep], labels[keep].astype(int), n_bins)
+    centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+    width = 1.0 / n_bins
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    filled = bins["count"] > 0
+    ax.bar(
+        centres[filled],
+        bins["frequency"][filled],
+        width=width * 0.9,
+        color="tab:blue",
+        alpha=0.8,
+        label="observed malignant fraction",
+    )
+    ax.plot(bins["confidence"][filled], bins["frequency"][filled], "o", color="tab:red", ms=4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction malignant")
+    ax.set_title(f"{title}  ECE = {bins['ece']:.3f}".strip())
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(centres, bins["count"], width=width * 0.9, color="grey")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("predicted malignancy probability")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return float(bins["ece"])
 
 
 class ValidationImages(Callback):

@@ -106,7 +106,7 @@ def test_summary_states_original_resolution(tmp_path):
 def test_reliability_bins_by_hand():
     y = np.array([0, 1, 1, 1])
     p = np.array([0.05, 0.15, 0.95, 0.85])
-    b = reliability_bins(y, p, n_bins=10)
+    b = reliability_bins(p, y, n_bins=10)
     assert b["count"][0] == 1 and b["count"][1] == 1 and b["count"][8] == 1
     # bins: [0,.1) conf .05 freq 0; [.1,.2) .15 vs 1; [.8,.9) .85 vs 1; [.9,1] .95 vs 1
     ece = (0.05 + 0.85 + 0.15 + 0.05) / 4
@@ -185,3 +185,83 @@ def test_pooled_metrics_use_each_folds_stored_threshold(tmp_path):
     # Without stored thresholds every row is decided at 0.5 (strictly above, as in training).
     plain = pooled_metrics(pred.drop(columns="threshold"))
     assert plain["sensitivity"] == 0.0
+
+
+def test_cv_summary_recomputed_from_per_image_csvs(tmp_path):
+    """Every classification number of a cv summary (per fold and pooled) is what the shared
+    definition gives on the per-image CSVs: the folds are written by the real writers (the
+    test metrics of ClassificationMetrics at each fold's stored threshold, the CSV of
+    PerImagePredictions), then recomputed with ``binary_metrics`` from the files alone."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bus_mtl.training.callbacks import PerImagePredictions
+    from bus_mtl.training.metrics import BINARY_METRICS, ClassificationMetrics, binary_metrics
+
+    out = tmp_path / "cv"
+    g = torch.Generator().manual_seed(7)
+    stored = {}
+    for k in range(3):
+        n = 30
+        y = torch.randint(0, 2, (n,), generator=g)
+        y[:2] = torch.tensor([0, 1])
+        logits = (y * 2 - 1) * 0.8 + torch.randn(n, generator=g) * 1.5
+        logits[3:6] = logits[2]  # ties
+        logits[7] = 35.0  # probability exactly 1 (its own ECE bin in torchmetrics)
+        # a malignant image scored just below a benign one: 2.4e-7 apart, a tie to 6 digits
+        logits[9:11], y[9:11] = torch.tensor([4.6, 4.60002]), torch.tensor([1, 0])
+        probs = torch.sigmoid(logits)
+        # fold 1's stored threshold is one of its test probabilities: p > t leaves it benign
+        t = float(probs[8]) if k == 1 else (0.5, 0.5, 0.31)[k]
+        t = float(torch.tensor(t, dtype=torch.float32))  # logged from a float32 buffer
+        stored[k] = t
+        metric = ClassificationMetrics(threshold=t)
+        metric.update(logits[:, None], y)
+        logged = {f"test/{name}": float(v) for name, v in metric.compute().items()}
+        logged.update({"test/decision_threshold": t, "test/dice": 0.7})
+        d = out / f"fold_{k}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"fold": k, "metrics": logged}))
+        writer = PerImagePredictions(str(d / "test_predictions.csv"))
+        writer.on_test_epoch_start(None, None)
+        row = {
+            "id": [f"f{k}_{i}" for i in range(n)],
+            "centre": ["busi"] * n,
+            "label": y,
+            "prob": probs,
+            "dice": torch.rand(n, generator=g),
+            "iou": torch.rand(n, generator=g),
+            "hd95": torch.rand(n, generator=g) * 10,
+            "mask_area": torch.randint(0, 500, (n,), generator=g).float(),
+        }
+        writer.on_test_batch_end(None, None, row, None, 0)
+        writer.on_test_end(SimpleNamespace(is_global_zero=True), None)
+
+    payload = write_cv_summary(out)
+    frames = []
+    for k in range(3):
+        csv = pd.read_csv(out / f"fold_{k}" / "test_predictions.csv")
+        fold = binary_metrics(csv["prob"].to_numpy(), csv["label"].to_numpy(), stored[k])
+        for name in BINARY_METRICS:
+            assert payload["metrics"][name]["values"][k] == pytest.approx(
+                fold[name].item(), abs=1e-6, nan_ok=True
+            ), (k, name)
+        frames.append(csv.assign(threshold=stored[k]))
+    pooled_csv = pd.concat(frames)
+    pooled = binary_metrics(
+        pooled_csv["prob"].to_numpy(), pooled_csv["label"].to_numpy(), pooled_csv["threshold"]
+    )
+    for name in BINARY_METRICS:
+        assert payload["pooled"][name] == pytest.approx(pooled[name].item(), abs=1e-7), name
+        mean = np.mean(payload["metrics"][name]["values"])
+        assert payload["metrics"][name]["mean"] == pytest.approx(mean)
+    assert payload["pooled"]["n_classified"] == 90
+
+
+def test_per_image_table_carries_each_folds_threshold(tmp_path):
+    # per_image.csv (and the compare notebook's calls) need the threshold each fold decided at
+    make_fold(tmp_path, 0, {"test/decision_threshold": 0.3}, preds(["a"], [1], [0.4], [0.7]))
+    make_fold(tmp_path, 1, {"test/decision_threshold": 0.8}, preds(["b"], [0], [0.4], [0.6]))
+    j = join_predictions({("kfold", "v"): read_predictions(tmp_path)}).set_index("id")
+    assert j.loc["a", "threshold_v"] == 0.3 and j.loc["b", "threshold_v"] == 0.8

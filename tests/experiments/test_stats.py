@@ -376,3 +376,23 @@ def test_holm_hand_worked():
     np.testing.assert_allclose(holm([0.6, 0.7]), [1.0, 1.0])  # capped at 1
     assert holm([0.2]).tolist() == [0.2]
     assert holm([]).size == 0
+
+
+def test_numpy_aucs_equal_the_logged_auc(small_case):
+    """The bootstrap's and DeLong's own AUCs (numpy, weightable) are the AUC of the training
+    logs and cv summaries (``binary_metrics``: torchmetrics ``binary_auroc``) on unweighted
+    data, ties included; ``weighted_auc`` with unit weights is that AUC too."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    from bus_mtl.training.metrics import binary_metrics
+
+    y, a, b = small_case
+    aucs, _ = delong_auc_cov(y, np.stack([a, b]))
+    for s, delong in zip((a, b), aucs):
+        s32 = (1 / (1 + np.exp(-s))).astype(np.float32)  # probabilities, the logs' precision
+        reference = float(binary_auroc(torch.from_numpy(s32), torch.from_numpy(y)))
+        assert binary_metrics(s32, y)["auc"].item() == pytest.approx(reference, abs=1e-7)
+        assert rank_auc(y, s32) == pytest.approx(reference, abs=1e-6)
+        assert weighted_auc(y, s32, np.ones(y.size))[0] == pytest.approx(reference, abs=1e-6)
+        assert delong == pytest.approx(rank_auc(y, s), abs=1e-12)

@@ -25,3 +25,24 @@ def test_reliability_diagram_rejects_bad_input(tmp_path):
         reliability_diagram(np.zeros(3), np.zeros(2), tmp_path / "x.png")
     with pytest.raises(ValueError, match="no image"):
         reliability_diagram(np.array([np.nan]), np.array([1]), tmp_path / "x.png")
+
+
+def test_one_reliability_diagram_with_the_logged_ece(tmp_path):
+    """``bus-mtl cv`` and inference draw the same diagram, (probs, labels) in that order,
+    and its ECE is the one the training logs report (a probability of exactly 1 included)."""
+    import torch
+
+    import bus_mtl.experiments.plots as plots
+    from bus_mtl.training.metrics import ClassificationMetrics
+    from bus_mtl.training.visualization import reliability_diagram as drawn_by_cv
+
+    assert reliability_diagram is drawn_by_cv
+    assert not hasattr(plots, "reliability_diagram")
+    logits = torch.tensor([-3.0, -1.0, 0.2, 0.4, 2.0, 40.0, 40.0, 1.5])
+    labels = torch.tensor([0, 1, 0, 1, 1, 1, 0, 1])
+    metric = ClassificationMetrics()
+    metric.update(logits[:, None], labels)
+    probs = torch.sigmoid(logits).numpy()
+    assert probs[5] == 1.0
+    ece = reliability_diagram(probs, labels.numpy(), tmp_path / "r.png")
+    assert ece == pytest.approx(metric.compute()["ece"].item(), abs=1e-7)

@@ -414,3 +414,79 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path: Path) -> None:
     single = {**seg.compute(), **cls.compute()}
     for rank in range(2):
         _assert_same(torch.load(tmp_path / f"rank{rank}.pt"), single)
+
+
+def test_classification_metrics_and_pooled_metrics_agree() -> None:
+    """One definition: the training logs (ClassificationMetrics) and the pooled cv metrics
+    (pooled_metrics on the per-image table) give the same numbers on the same images,
+    at a threshold other than 0.5, with a probability exactly at the threshold (benign:
+    ``p > t``), ties, and a probability of exactly 1."""
+    import pandas as pd
+
+    from bus_mtl.experiments.results import pooled_metrics
+    from bus_mtl.training.metrics import BINARY_METRICS, binary_metrics
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 2, (60,), generator=g)
+    logits = (y * 2 - 1) * 0.7 + torch.randn(60, generator=g) * 1.5
+    logits[10:14] = logits[9]  # ties
+    logits[20] = 40.0  # sigmoid is exactly 1 in float32
+    threshold = float(torch.sigmoid(logits[5]))  # a stored threshold that a test image hits
+    y[5] = 1  # a malignant image exactly at the threshold: a false negative
+    assert threshold != 0.5
+    metric = ClassificationMetrics(threshold=threshold)
+    metric.update(logits[:, None], y)
+    logged = metric.compute()
+    probs = torch.sigmoid(logits)
+    assert float(probs[20]) == 1.0 and float(probs[5]) == threshold
+    table = pd.DataFrame({"label": y.numpy(), "prob": probs.double().numpy()})
+    pooled = pooled_metrics(table.assign(threshold=threshold))
+    direct = binary_metrics(probs, y, threshold)
+    assert set(BINARY_METRICS) <= set(pooled)
+    for name in BINARY_METRICS:
+        assert pooled[name] == pytest.approx(logged[name].item(), abs=1e-7), name
+        assert direct[name].item() == pytest.approx(logged[name].item(), abs=1e-7), name
+    # by hand: malignant strictly above the threshold
+    called = probs > threshold
+    tp = int((called & (y == 1)).sum())
+    assert logged["sensitivity"].item() == pytest.approx(tp / int(y.sum()))
+    assert not called[5]
+    # the same table decided at 0.5 (no stored threshold) differs
+    assert pooled_metrics(table)["sensitivity"] != pooled["sensitivity"]
+
+
+def test_malignant_calls_is_strict_and_per_sample() -> None:
+    from bus_mtl.training.metrics import malignant_calls
+
+    p = torch.tensor([0.25, 0.375, 0.5, 0.625])
+    assert malignant_calls(p, 0.375).tolist() == [False, False, True, True]
+    assert malignant_calls(p.numpy(), [0.2, 0.4, 0.5, 0.6]).tolist() == [True, False, False, True]
+
+
+def test_binary_metrics_nan_rules_and_bad_labels() -> None:
+    from bus_mtl.training.metrics import BINARY_METRICS, binary_metrics
+
+    empty = binary_metrics([], [])
+    assert set(empty) == set(BINARY_METRICS) and all(math.isnan(v.item()) for v in empty.values())
+    one_class = binary_metrics([0.2, 0.9], [1, 1])
+    assert math.isnan(one_class["auc"].item()) and math.isnan(one_class["specificity"].item())
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        binary_metrics([0.2, 0.9], [1, -1])
+
+
+def test_calibration_ece_is_the_logged_malignant_one_vs_rest_ece() -> None:
+    """``val/ece_*`` (TemperatureCalibration) and ``val/ece`` (ClassificationMetrics) are the
+    same kind of ECE for K = 3: malignant one-vs-rest, not top-label."""
+    from bus_mtl.training.calibration import expected_calibration_error
+
+    logits = torch.tensor(MULTI_P).log()
+    labels = torch.tensor(MULTI_Y)
+    metric = ClassificationMetrics(num_classes=3)
+    metric.update(logits, labels)
+    ece = expected_calibration_error(logits, labels)  # the -1 row is ignored here too
+    assert ece == pytest.approx(metric.compute()["ece"].item(), abs=1e-7)
+    assert ece == pytest.approx(MULTI_EXPECTED["ece"], abs=1e-6)
+    binary = torch.tensor([[_logit(p)] for p in BIN_P])
+    assert expected_calibration_error(binary, torch.tensor(BIN_Y)) == pytest.approx(
+        BIN_EXPECTED["ece"], abs=1e-5
+    )
