@@ -14,29 +14,15 @@ from bus_mtl.data import (
     phash,
 )
 from bus_mtl.data.duplicates import hamming_matrix
+from tests.data.split_fixtures import make_groups, make_samples
 
 
 def _samples(n: int = 200, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        label = int(rng.random() < 0.33)
-        centre = "a" if i % 4 else "b"
-        out.append(Sample(f"{centre}/{i}", Path(f"{i}.png"), (), label, centre))
-    return out
+    return make_samples(n, seed)
 
 
 def _groups(samples: list[Sample], seed: int = 1) -> list[list[str]]:
-    # Groups of 2-5, some crossing classes, as duplicates do.
-    rng = np.random.default_rng(seed)
-    ids = [s.id for s in samples]
-    rng.shuffle(ids)
-    groups, k = [], 0
-    while k < 60:
-        size = int(rng.integers(2, 6))
-        groups.append(ids[k : k + size])
-        k += size
-    return groups
+    return make_groups(samples, 60, seed)
 
 
 def test_kfold_groups_never_split_and_stratified() -> None:

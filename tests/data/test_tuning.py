@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bus_mtl.data import (
@@ -21,28 +19,15 @@ from bus_mtl.data import (
     tuning_fingerprint,
     tuning_holdout,
 )
+from tests.data.split_fixtures import make_groups, make_samples
 
 
 def _samples(n: int = 300, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        label = int(rng.random() < 0.33)
-        centre = "a" if i % 4 else "b"
-        out.append(Sample(f"{centre}/{i}", Path(f"{i}.png"), (), label, centre))
-    return out
+    return make_samples(n, seed)
 
 
 def _groups(samples: list[Sample], seed: int = 1) -> list[list[str]]:
-    rng = np.random.default_rng(seed)
-    ids = [s.id for s in samples]
-    rng.shuffle(ids)
-    groups, k = [], 0
-    while k < 90:
-        size = int(rng.integers(2, 6))
-        groups.append(ids[k : k + size])
-        k += size
-    return groups
+    return make_groups(samples, 90, seed)
 
 
 def test_holdout_is_deterministic_stratified_and_keeps_groups_whole() -> None:
