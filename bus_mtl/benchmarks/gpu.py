@@ -46,7 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lightning-compile", action="store_true", help="MultiTaskModule(compile=True)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for csv/json ($OUT)")
+    p.add_argument(
+        "--recipe",
+        choices=("cpu", "gpu"),
+        help="take the net (class and init args), image size, batch size and loader workers "
+        "from experiments/recipes/<recipe>.yaml: the loop of the main job itself "
+        "(overrides --variants, --size, --batch-sizes, --workers)",
+    )
     return p
+
+
+def recipe_setup(name: str) -> dict[str, Any]:
+    """Net class path + init args, size, batch and workers of a training recipe, over
+    ``base.yaml`` (what ``bus-mtl main`` composes, minus the data)."""
+    import yaml
+
+    from bus_mtl.configs import preset
+
+    base = yaml.safe_load(preset("base.yaml").read_text())
+    recipe = yaml.safe_load(preset(f"recipes/{name}.yaml").read_text())
+    net = dict(base["model"]["net"])
+    rnet = recipe.get("model", {}).get("net", {})
+    if rnet.get("class_path", net["class_path"]) != net["class_path"]:
+        net = {"class_path": rnet["class_path"], "init_args": {}}
+    init_args = {**(net.get("init_args") or {}), **(rnet.get("init_args") or {})}
+    data = {**base.get("data", {}), **recipe.get("data", {})}
+    return {
+        "class_path": rnet.get("class_path", net["class_path"]),
+        "init_args": init_args,
+        "size": int(data["image_size"]),
+        "batch": int(data["batch_size"]),
+        "workers": int(data["num_workers"]),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -58,11 +89,16 @@ def _autocast(device: torch.device) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+# Set by --recipe: the net's init args (in_channels/num_classes are the data's, 1 and 1).
+NET_ARGS: dict[str, Any] = {}
+
+
 def _module(variant: str, compile: bool = False) -> Any:
     from bus_mtl.models import create
     from bus_mtl.training.module import MultiTaskModule
 
-    return MultiTaskModule(create(variant, in_channels=1, num_classes=1), compile=compile)
+    net = create(variant, in_channels=1, num_classes=1, **NET_ARGS)
+    return MultiTaskModule(net, compile=compile)
 
 
 def bare_loop(
@@ -200,6 +236,19 @@ def main(argv: list[str]) -> int:
         return 2
     variants = list_variants() if args.variants == "all" else args.variants.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    if args.recipe:
+        from bus_mtl.models.registry import variant_name
+
+        setup = recipe_setup(args.recipe)
+        variants = [variant_name(setup["class_path"]) or setup["class_path"]]
+        NET_ARGS.clear()
+        NET_ARGS.update(setup["init_args"])
+        args.size, args.workers, batches = setup["size"], setup["workers"], [setup["batch"]]
+        print(
+            f"recipe {args.recipe}: {variants[0]} {setup['init_args']}, {args.size} px, "
+            f"batch {batches[0]}, {args.workers} loader workers",
+            flush=True,
+        )
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad:

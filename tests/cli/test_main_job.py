@@ -125,3 +125,18 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     assert meta["variant"] == "seg_features_effnet" and meta["image_size"] == 64
     (wandb_line,) = [line for line in out.splitlines() if line.startswith("W&B run (offline):")]
     assert os.path.isdir(wandb_line.split(":", 1)[1].strip())
+
+
+def test_loop_benchmark_takes_the_recipes_net_and_loader():
+    """``bench gpu --recipe cpu`` times the main job's own net, size, batch and workers."""
+    from bus_mtl.benchmarks.gpu import recipe_setup
+
+    setup = recipe_setup("cpu")
+    recipe = main_job.read_recipe("cpu")
+    assert setup["class_path"].endswith("SegResNetEffNetFeatures")
+    assert setup["init_args"]["model_name"] == "efficientnet-lite0"
+    assert (setup["size"], setup["batch"], setup["workers"]) == (
+        recipe["image_size"],
+        recipe["batch_size"],
+        recipe["num_workers"],
+    )
