@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from bus_mtl.cli.lightning import build_cli
     from bus_mtl.configs import resolve
     from bus_mtl.experiments.compare import run_compare
 
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
             variants_dir=args.variants_dir or resolve("experiments/variants"),
             argv=["compare", *argv],
             reference=args.reference,
+            build=build_cli,
         )
     except ValueError as err:
         print(f"bus-mtl compare: {err}", file=sys.stderr)

@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description=(
             "Run fit + test for every fold of one split (written once to OUT/split.json), "
-            "each fold a LightningCLI subprocess; resumable. Unknown arguments "
+            "each fold built like bus-mtl main (in this process; in a subprocess per fold "
+            "with --parallel > 1); resumable. Unknown arguments "
             "(e.g. --trainer.max_epochs=30) are passed to every fold's LightningCLI."
         ),
     )
@@ -52,6 +53,7 @@ def parse_protocols(text: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    from bus_mtl.cli.lightning import build_cli
     from bus_mtl.experiments.cv import TuningLeak, run_cv
 
     args, extra = build_parser().parse_known_args(argv)
@@ -71,6 +73,7 @@ def main(argv: list[str]) -> int:
                 seed=args.seed,
                 argv=["cv", *argv],
                 tuned_by=args.tuned_by,
+                build=build_cli,
             )
         except TuningLeak as err:
             print(f"bus-mtl cv: refused: {err}", file=sys.stderr)

@@ -98,7 +98,16 @@ def resume_version(root: Path, name: str, ckpt_path: str | None) -> int | None:
 
 
 class BusMTLCLI(LightningCLI):
-    """LightningCLI with the links, loggers and progress bar described in the module doc."""
+    """LightningCLI with the links, loggers and progress bar described in the module doc.
+
+    ``resume_from``: with ``run=False``, the checkpoint the caller will hand to
+    ``trainer.fit``/``test``; the CSV logger logs into that run's version again, as
+    ``--ckpt_path`` does for ``bus-mtl fit``.
+    """
+
+    def __init__(self, *args: Any, resume_from: str | None = None, **kwargs: Any) -> None:
+        self.resume_from = resume_from
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Channels and classes follow the data: the net's values are not set by hand.
@@ -112,7 +121,9 @@ class BusMTLCLI(LightningCLI):
     def _default_loggers(self, trainer_config: dict[str, Any]) -> list[Logger]:
         root = Path(trainer_config.get("default_root_dir") or os.getcwd())
         name = _run_name(self._get(self.config, "model"))
-        ckpt_path = self._get(self.config, "ckpt_path") if self.subcommand == "fit" else None
+        ckpt_path = (
+            self._get(self.config, "ckpt_path") if self.subcommand == "fit" else self.resume_from
+        )
         version = resume_version(root, name, ckpt_path)
         csv = ResumableCSVLogger(save_dir=str(root), name=name, version=version)
         try:
@@ -134,8 +145,13 @@ class BusMTLCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def build_cli(args: list[str], run: bool = True) -> BusMTLCLI:
-    """The CLI on ``args`` (``args[0]`` is the sub-command when ``run``)."""
+def build_cli(args: list[str], run: bool = True, ckpt_path: str | None = None) -> BusMTLCLI:
+    """The CLI on ``args`` (``args[0]`` is the sub-command when ``run``).
+
+    With ``run=False`` nothing runs: the caller calls ``cli.trainer.fit/test`` (``bus-mtl
+    main``, each fold of ``bus-mtl cv``); ``ckpt_path`` is then the checkpoint it will pass
+    there, so that a resumed run logs into its earlier version.
+    """
     configure_wandb_environment()
     # Our args always come from bus-mtl's own argv handling, not from a stray sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -150,6 +166,7 @@ def build_cli(args: list[str], run: bool = True) -> BusMTLCLI:
         seed_everything_default=42,
         args=args,
         run=run,
+        resume_from=None if run else ckpt_path,
     )
 
 

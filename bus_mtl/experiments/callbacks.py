@@ -1,8 +1,10 @@
-"""``RunRecorder``: the callback through which the experiment runners read a run's results.
+"""``RunRecorder``: the callback through which the sweep runner reads a trial's results.
 
-The runners start each fold / trial as a LightningCLI subprocess, so they cannot ask the
-Trainer for its metrics or its best checkpoint. This callback writes them to one JSON file
-that the parent process reads; it works with any logger (or none).
+The sweep runner (:mod:`bus_mtl.experiments.sweep`) starts each trial as a LightningCLI
+subprocess from a sweep file's command line, so it cannot ask the Trainer for its metrics or
+its best checkpoint. This callback writes them to one JSON file that the parent process
+reads; it works with any logger (or none). The cv runner does not need it: each fold's
+Trainer is built in-process (:func:`bus_mtl.experiments.cv.run_fold`) and asked directly.
 """
 
 from __future__ import annotations

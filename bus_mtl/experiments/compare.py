@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from bus_mtl.experiments.cv import (
+    Builder,
     FoldJob,
     finish,
     fold_jobs,
@@ -215,11 +216,13 @@ def run_compare(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     reference: str | None = None,
+    build: Builder | str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Run (or resume) every variant × fold, then write the comparison files.
 
     ``reference`` is the variant every p-value compares against (see
-    :func:`resolve_reference`); an unknown one fails before any run starts.
+    :func:`resolve_reference`); an unknown one fails before any run starts. ``build``: the
+    LightningCLI builder every fold uses (see :func:`bus_mtl.experiments.cv.run_cv`).
     Returns the comparison table and ``{fold folder: error}`` for failed folds.
     """
     out = Path(out)
@@ -236,7 +239,7 @@ def run_compare(
             make_split(configs, split, protocol, folds, extra)
         for v, path in paths.items():
             vdir = pdir / v
-            vjobs = fold_jobs([*configs, str(path)], vdir, split, seed, extra, cwd, env)
+            vjobs = fold_jobs([*configs, str(path)], vdir, split, seed, extra, cwd, env, build)
             record_inputs(vdir, None, vjobs)
             folders[(protocol, v)] = vdir
             jobs += vjobs

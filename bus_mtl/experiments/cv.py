@@ -1,42 +1,76 @@
-"""K-fold (and cross-centre) runner: one subprocess per fold runs LightningCLI ``fit`` then
-``test`` (``bus-mtl fit|test ...``, in that process) on one recorded split file.
+"""K-fold (and cross-centre) cross-validation of one configuration; resumable.
 
-Subprocesses isolate folds (a crash or an out-of-memory fold does not take the others
-down), let ``--parallel N`` folds share one GPU, and make a killed run resumable::
+The flow, top to bottom in this file (:func:`run_cv`)::
+
+    run_cv(configs, OUT, build=build_cli)
+      1. the split     make_split    OUT/split.json, computed once from the data configs and
+                                     reused by every later call (and by every variant of a
+                                     compare); OUT/conflicting_groups.csv beside it
+      2. the checks    check_tuning  refuse (TuningLeak) a run whose test parts would hold
+                                     images a sweep tuned on; OUT/tuned_by.json
+      3. the folds     fold_jobs     one FoldJob per part of the split: fold k, seed SEED + k
+      4. run them      run_jobs      every fold without DONE, one after the other in this
+                                     process; with --parallel N > 1, N at a time, each in a
+                                     subprocess (``python -m bus_mtl.experiments.cv
+                                     OUT/fold_k/job.json``) that calls the same run_fold
+         one fold      run_fold      cli = build(fold's args, run=False)
+                                     cli.trainer.fit(...)   (from last.ckpt when one is there)
+                                     cli.trainer.test(..., ckpt_path=best)
+                                     -- the path ``bus-mtl main`` takes; what it reports comes
+                                     from that Trainer: its checkpoint callback, test() results
+                                     and per-image CSV
+      5. the summary   finish        OUT/summary.{csv,md,json}, reliability.png, read from the
+                                     folds' metrics.json and test_predictions.csv
+
+``build`` is the LightningCLI builder of the command-line layer
+(:func:`bus_mtl.cli.lightning.build_cli`), passed down so this module does not import the
+layer above it; folds store it as ``"module:function"`` so that a fold's subprocess
+imports the same one. A fold's arguments are the configs, then ``--seed_everything=SEED+k``,
+the extra command-line arguments, and ``--data.split=file --data.split_file=OUT/split.json
+--data.fold=k``; ``fold.log`` holds them as the equivalent ``bus-mtl fit|test`` commands.
+
+Layout::
 
     OUT/split.json                  the split, computed once, used by every fold
     OUT/command.txt, seeds.json     how the folder was produced
-    OUT/fold_k/<Net>/version_0/     LightningCLI logs, checkpoints and resolved config.yaml
-    OUT/fold_k/run.json             RunRecorder: val history, checkpoint paths, test metrics
+    OUT/fold_k/job.json             the fold's inputs (configs, split, fold, seed, arguments)
+    OUT/fold_k/<Net>/version_0/     LightningCLI logs (metrics.csv), checkpoints, config.yaml
+    OUT/fold_k/run.json             the fit's outcome as its Trainer reported it: best/last
+                                    checkpoint, score, epochs, parameters (+ test metrics)
     OUT/fold_k/test_predictions.csv per-image probability, Dice, ... (PerImagePredictions)
     OUT/fold_k/metrics.json         the fold's test metrics (+ parameters, seed)
-    OUT/fold_k/fold.log             output of the fold's process (its fit and test commands)
+    OUT/fold_k/fold.log             the fold's commands; with --parallel > 1 its whole output
     OUT/fold_k/DONE                 written last; a fold with DONE is never rerun
     OUT/summary.{csv,md,json}, reliability.png
     OUT/conflicting_groups.csv      near-duplicate groups whose labels disagree: group, id,
                                     label, image file, the fold whose test part holds it
     OUT/tuned_by.json               with ``--tuned-by``: the sweep's hold-out that was checked
 
+Resume: re-running on the same OUT skips folds with ``DONE``; a fold without it whose
+``run.json`` names a finished fit's checkpoint only reruns ``test``, any other restarts its
+fit from the newest ``last.ckpt`` in its folder (the config's ``ModelCheckpoint`` needs
+``save_last: true``) and logs into the same CSV version.
+
 With ``data.tuning: exclude`` the split leaves the tuning hold-out out of every fold (it is
 recorded in ``split.json`` as ``tuning``, with its fingerprint) and the summary says how many
 images that is. ``tuned_by`` (``bus-mtl cv --tuned-by SWEEP``) names a sweep's hold-out; a run
 whose test parts would hold any of its images is refused, naming them (:class:`TuningLeak`).
-
-A fold without ``DONE`` resumes: its fit restarts from ``last.ckpt`` when one exists (the
-config's ``ModelCheckpoint`` needs ``save_last: true``), and a fold whose fit finished only
-reruns ``test``.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
+import math
+import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,14 +87,18 @@ from bus_mtl.experiments.results import (
 )
 
 PROTOCOLS = ("kfold", "by_centre")
-RECORDER = "bus_mtl.experiments.callbacks.RunRecorder"
-PREDICTIONS = "bus_mtl.training.callbacks.PerImagePredictions"
 #: What a sweep writes (``bus-mtl sweep``): the ids its trials validated on.
 TUNING_RECORD = "tuning.json"
 #: What ``run_cv(tuned_by=...)`` writes: the sweep hold-out it checked the folds against.
 TUNED_BY = "tuned_by.json"
+#: A fold's record of its fit (see the layout above).
+RUN_RECORD = "run.json"
 #: Tuned images named in a refusal before "... and N more".
 SHOWN = 10
+
+#: ``build(args, run=False, ckpt_path=None)`` -> a LightningCLI with ``trainer``, ``model``
+#: and ``datamodule`` built and nothing run (:func:`bus_mtl.cli.lightning.build_cli`).
+Builder = Callable[..., Any]
 
 
 class FoldFailed(RuntimeError):
@@ -85,29 +123,75 @@ def refuse_tune_mode(tuning: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The split
+# The whole run
 
 
-def _data_only_configs(configs: Sequence[str], tmp: Path) -> list[str]:
-    """Copies of the config files holding only their ``data`` section."""
-    out = []
-    for i, path in enumerate(configs):
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping")
-        if "data" in data:
-            target = tmp / f"data_{i}.yaml"
-            target.write_text(yaml.safe_dump({"data": data["data"]}))
-            out.append(str(target))
-    return out
+def run_cv(
+    configs: Sequence[str],
+    out: str | Path,
+    folds: int = 5,
+    extra: Sequence[str] = (),
+    parallel: int = 1,
+    protocol: str = "kfold",
+    seed: int = 42,
+    split_path: str | Path | None = None,
+    argv: Sequence[str] | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    tuned_by: str | Path | None = None,
+    build: Builder | str | None = None,
+) -> tuple[dict[str, Any] | None, dict[int, str]]:
+    """Run (or resume) the cross-validation folder ``out``: steps 1-5 of the module doc.
+
+    The split is ``split_path`` when given (``compare`` shares one between variants), else
+    ``OUT/split.json``, computed on the first call and reused by every later one.
+    ``tuned_by``: a sweep's folder or hold-out record (:func:`load_tuned`); the run is
+    refused (:class:`TuningLeak`, before any fold runs) when a test part holds one of its
+    images. ``build``: the LightningCLI builder (see :data:`Builder`); ``cwd``/``env``: of
+    the fold subprocesses (``parallel > 1``). Returns ``(summary payload or None if no fold
+    finished, {fold: error})``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not configs:
+        raise ValueError("at least one --config is needed")
+    # 1. the split, 2. the checks
+    tuning = build_datamodule(configs, extra).tuning
+    refuse_tune_mode(tuning)
+    made = False
+    if split_path is None:
+        split_path = out / "split.json"
+        if not split_path.is_file():
+            make_split(configs, split_path, protocol, folds, extra)
+            made = True
+    try:
+        checked = check_tuning(Path(split_path), tuning, tuned_by)
+    except ValueError:  # TuningLeak, or a bad --tuned-by
+        if made:  # a refused run leaves no split behind to be resumed by mistake
+            for name in ("split.json", "split_names.json", CONFLICTS_CSV):
+                (out / name).unlink(missing_ok=True)
+        raise
+    if checked is not None:
+        write_json(out / TUNED_BY, checked)
+    # 3. the folds, 4. run them
+    jobs = fold_jobs(configs, out, Path(split_path), seed, extra, cwd, env, build)
+    record_inputs(out, argv, jobs)
+    errors = run_jobs(jobs, parallel)
+    # 5. the summary
+    done = [j for j in jobs if (j.folder / "DONE").is_file()]
+    payload = finish(out) if done else None
+    return payload, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The split
 
 
 def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
     """The ``BUSDataModule`` the configs (and ``--data.*`` extra args) describe, parsed the
-    way LightningCLI parses it, without building the model or the trainer."""
+    way LightningCLI parses it, without building the model or the trainer: each config's
+    ``data`` section is given as a ``--config`` YAML string, in order, so that later ones
+    override earlier ones exactly as in the full config."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from bus_mtl.data.datamodule import BUSDataModule
@@ -115,14 +199,18 @@ def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(BUSDataModule, "data", fail_untyped=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        args: list[str] = []
-        for cfg in _data_only_configs(configs, Path(tmp)):
-            args += ["--config", cfg]
-        args += [a for a in extra if a.startswith("--data.") or a.startswith("--data=")]
-        parsed = parser.parse_args(args)
-        init = parser.instantiate_classes(parsed)
-    return init.data
+    args: list[str] = []
+    for path in configs:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must be a YAML mapping")
+        if "data" in data:
+            args += ["--config", yaml.safe_dump({"data": data["data"]})]
+    args += [a for a in extra if a.startswith("--data.") or a.startswith("--data=")]
+    return parser.instantiate_classes(parser.parse_args(args)).data
 
 
 def make_split(
@@ -197,7 +285,7 @@ def fold_names_for(split_path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The tuning hold-out
+# 2. The tuning hold-out
 
 
 def load_tuned(path: str | Path) -> dict[str, Any]:
@@ -360,12 +448,12 @@ def _tuning_lines(info: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# One fold
+# 3. The folds
 
 
 @dataclass
 class FoldJob:
-    """Everything a fold's subprocesses need."""
+    """One fold: what it trains and tests on, where it writes, and the CLI builder to use."""
 
     configs: list[str]
     split_path: Path
@@ -374,23 +462,29 @@ class FoldJob:
     seed: int
     fold_name: str = ""
     extra: list[str] = field(default_factory=list)
+    build: str = ""  # "module:function" of the Builder
     python: str = sys.executable
     cwd: Path | None = None
     env: dict[str, str] | None = None
 
-    def base_args(self, command: str) -> list[str]:
-        """``bus-mtl COMMAND`` arguments of this fold (without the program name)."""
-        args = [command]
+    def cli_args(self) -> list[str]:
+        """The fold's LightningCLI arguments (no sub-command; later ones win)."""
+        args = []
         for cfg in self.configs:
             args += ["--config", cfg]
-        args += [
+        return [
+            *args,
             f"--seed_everything={self.seed}",
             *self.extra,
+            f"--trainer.default_root_dir={self.folder.resolve()}",
             "--data.split=file",
             f"--data.split_file={Path(self.split_path).resolve()}",
             f"--data.fold={self.fold}",
         ]
-        return args
+
+    def base_args(self, command: str) -> list[str]:
+        """``bus-mtl COMMAND`` arguments of this fold (without the program name)."""
+        return [command, *self.cli_args()]
 
     def to_json(self) -> str:
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -405,142 +499,11 @@ class FoldJob:
         return cls(**data)
 
 
-def _cli(args: list[str]) -> None:
-    """One LightningCLI run inside the fold's process; output goes to the fold's log."""
-    from bus_mtl.cli.main import main as bus_mtl
-
-    print(f"\n$ {shlex.join(['bus-mtl', *args])}", flush=True)
-    code = bus_mtl(args)
-    if code != 0:
-        raise FoldFailed(f"bus-mtl {args[0]} exited with code {code}")
-
-
-def _find_last_ckpt(job: FoldJob, record: dict[str, Any]) -> Path | None:
-    candidates = []
-    if record.get("ckpt_dir"):
-        candidates.append(Path(record["ckpt_dir"]) / "last.ckpt")
-    candidates += sorted(job.folder.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)[::-1]
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def fit_and_test(job: FoldJob) -> dict[str, Any]:
-    """Fit (or resume) and test one fold in this process; returns its ``metrics.json``.
-
-    Runs inside the fold's own subprocess (:func:`run_fold`), so both LightningCLI runs share
-    one interpreter start-up while folds stay isolated from each other.
-    """
-    folder = job.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    record_path = folder / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    start = time.perf_counter()
-
-    fit = record.get("fit", {})
-    ckpt = fit.get("best_model_path") or fit.get("last_model_path")
-    if not (ckpt and Path(ckpt).is_file()):
-        args = job.base_args("fit") + [
-            f"--trainer.default_root_dir={folder}",
-            f"--trainer.callbacks+={RECORDER}",
-            f"--trainer.callbacks.path={record_path}",
-        ]
-        last = _find_last_ckpt(job, record)
-        if last is not None:
-            args.append(f"--ckpt_path={last}")
-        _cli(args)
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        fit = record.get("fit", {})
-        ckpt = fit.get("best_model_path") or fit.get("last_model_path")
-        if not (ckpt and Path(ckpt).is_file()):
-            raise FoldFailed(
-                f"fold {job.fold}: fit finished without a checkpoint to test; the config "
-                "needs a ModelCheckpoint callback"
-            )
-    fit_seconds = time.perf_counter() - start
-
-    predictions = folder / "test_predictions.csv"
-    _cli(
-        job.base_args("test")
-        + [
-            f"--trainer.default_root_dir={folder / 'test'}",
-            "--trainer.logger=false",
-            f"--trainer.callbacks+={PREDICTIONS}",
-            f"--trainer.callbacks.path={predictions}",
-            f"--trainer.callbacks+={RECORDER}",
-            f"--trainer.callbacks.path={record_path}",
-            f"--ckpt_path={ckpt}",
-        ]
-    )
-    record = json.loads(record_path.read_text())
-    if not record.get("test"):
-        raise FoldFailed(f"fold {job.fold}: test logged no metric")
-    if not predictions.is_file():
-        raise FoldFailed(f"fold {job.fold}: {predictions} was not written")
-    payload = {
-        "fold": job.fold,
-        "fold_name": job.fold_name or f"fold {job.fold}",
-        "seed": job.seed,
-        "metrics": record["test"],
-        "params": fit.get("params"),
-        "checkpoint": ckpt,
-        "best_model_score": fit.get("best_model_score"),
-        "monitor": fit.get("monitor"),
-        "epochs": fit.get("epochs"),
-        "seconds": round(time.perf_counter() - start, 1),
-        "fit_seconds": round(fit_seconds, 1),
-    }
-    write_json(folder / "metrics.json", payload)
-    (folder / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-    return payload
-
-
-def run_fold(job: FoldJob) -> dict[str, Any]:
-    """Run one fold in its own subprocess (log: ``fold_k/fold.log``) unless it is DONE."""
-    folder = job.folder
-    if not (folder / "DONE").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        spec = folder / "job.json"
-        spec.write_text(job.to_json())
-        log = folder / "fold.log"
-        with open(log, "a") as fh:
-            proc = subprocess.run(
-                [job.python, "-m", "bus_mtl.experiments.cv", str(spec)],
-                cwd=job.cwd,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env=job.env,
-            )
-        if proc.returncode != 0 or not (folder / "DONE").is_file():
-            raise FoldFailed(f"fold {job.fold} failed (exit code {proc.returncode}); see {log}")
-    return json.loads((folder / "metrics.json").read_text())
-
-
-def run_jobs(jobs: Sequence[FoldJob], parallel: int = 1) -> dict[int, str]:
-    """Run fold jobs, ``parallel`` at a time; returns ``{job index: error}`` for failures."""
-    if parallel < 1:
-        raise ValueError(f"parallel must be >= 1, got {parallel}")
-    errors: dict[int, str] = {}
-
-    def one(i: int) -> None:
-        job = jobs[i]
-        label = f"{job.folder}"
-        if (job.folder / "DONE").is_file():
-            print(f"[cv] {label}: done earlier, skipped", flush=True)
-            return
-        print(f"[cv] {label}: running", flush=True)
-        try:
-            res = run_fold(job)
-            print(f"[cv] {label}: finished in {res['seconds']} s", flush=True)
-        except (FoldFailed, OSError, ValueError) as err:
-            errors[i] = str(err)
-            print(f"[cv] {label}: FAILED: {err}", file=sys.stderr, flush=True)
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(one, range(len(jobs))))
-    return errors
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole cv folder
+def builder_path(build: Builder | str | None) -> str:
+    """``"module:function"`` of a builder (``""`` for none), importable by a subprocess."""
+    if build is None or isinstance(build, str):
+        return build or ""
+    return f"{build.__module__}:{build.__qualname__}"
 
 
 def fold_jobs(
@@ -551,6 +514,7 @@ def fold_jobs(
     extra: Sequence[str] = (),
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    build: Builder | str | None = None,
 ) -> list[FoldJob]:
     """One job per fold of ``split_path``; fold k is seeded ``seed + k`` (same for every
     variant, so a comparison differs only in the model)."""
@@ -564,6 +528,7 @@ def fold_jobs(
             seed=seed + k,
             fold_name=name,
             extra=list(extra),
+            build=builder_path(build),
             cwd=cwd,
             env=env,
         )
@@ -583,6 +548,224 @@ def record_inputs(out: Path, argv: Sequence[str] | None, jobs: Sequence[FoldJob]
     for src in conflicts:
         if src.is_file() and src.resolve() != (out / CONFLICTS_CSV).resolve():
             shutil.copyfile(src, out / CONFLICTS_CSV)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Running the folds
+
+
+def run_jobs(jobs: Sequence[FoldJob], parallel: int = 1) -> dict[int, str]:
+    """Run the folds without ``DONE``: in this process one after the other, or ``parallel``
+    at a time in subprocesses. Returns ``{job index: error}`` for the folds that failed."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    errors: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        job = jobs[i]
+        if (job.folder / "DONE").is_file():
+            print(f"[cv] {job.folder}: done earlier, skipped", flush=True)
+            return
+        print(f"[cv] {job.folder}: running", flush=True)
+        try:
+            res = run_fold(job) if parallel == 1 else run_fold_in_subprocess(job)
+            print(f"[cv] {job.folder}: finished in {res['seconds']} s", flush=True)
+        except Exception as err:  # one fold's failure (OOM, NaN loss, ...) spares the others
+            errors[i] = f"{type(err).__name__}: {err}"
+            print(f"[cv] {job.folder}: FAILED: {errors[i]}", file=sys.stderr, flush=True)
+
+    if parallel == 1:
+        for i in range(len(jobs)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(one, range(len(jobs))))
+    return errors
+
+
+def run_fold(job: FoldJob) -> dict[str, Any]:
+    """Fit (or resume) and test one fold in this process; writes and returns ``metrics.json``.
+
+    The ``bus-mtl main`` path: ``build(args, run=False)``, ``trainer.fit``, ``trainer.test``
+    on the best checkpoint. Errors propagate (logged to ``fold.log`` first).
+    """
+    job.folder.mkdir(parents=True, exist_ok=True)
+    (job.folder / "job.json").write_text(job.to_json())
+    try:
+        return _fit_and_test(job)
+    except BaseException as err:
+        with open(job.folder / "fold.log", "a") as log:
+            log.write("".join(traceback.format_exception(err)))
+        if isinstance(err, SystemExit):  # LightningCLI's argument errors
+            raise FoldFailed(f"fold {job.fold}: LightningCLI exited ({err.code})") from err
+        raise
+    finally:
+        _release()
+
+
+def _fit_and_test(job: FoldJob) -> dict[str, Any]:
+    folder = job.folder
+    if not job.build:
+        raise FoldFailed("no LightningCLI builder given (run_cv(..., build=build_cli))")
+    module, name = job.build.split(":")
+    build: Builder = getattr(importlib.import_module(module), name)
+    start = time.perf_counter()
+
+    # Fit, unless an earlier run finished it (its run.json names an existing checkpoint).
+    record_path = folder / RUN_RECORD
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    fit = record.get("fit") or {}
+    ckpt = fit.get("best_model_path") or fit.get("last_model_path")
+    cli = None
+    if not (ckpt and Path(ckpt).is_file()):
+        last = _newest(folder.rglob("last*.ckpt"))  # a killed fit resumes from here
+        _log_command(job, "fit", last)
+        cli = build(job.cli_args(), run=False, ckpt_path=last)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=last)
+        fit = _fit_outcome(cli)
+        ckpt = fit["best_model_path"] or fit["last_model_path"]
+        if not (ckpt and Path(ckpt).is_file()):
+            raise FoldFailed(
+                f"fold {job.fold}: fit finished without a checkpoint to test; the config "
+                "needs a ModelCheckpoint callback"
+            )
+        write_json(record_path, {"fit": fit})
+    fit_seconds = time.perf_counter() - start
+
+    # Test the best checkpoint, on the fit's Trainer when it ran here.
+    _log_command(job, "test", ckpt)
+    if cli is None:
+        cli = build(job.cli_args(), run=False, ckpt_path=ckpt)
+    writer = _per_image_writer(cli.trainer, folder)
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    values = _scalars(results[0] if results else {})
+    metrics = {k: v for k, v in values.items() if k.startswith("test/")}
+    if not metrics:
+        raise FoldFailed(f"fold {job.fold}: test logged no metric")
+    predictions = folder / "test_predictions.csv"
+    if writer.written is None or not Path(writer.written).is_file():
+        raise FoldFailed(f"fold {job.fold}: the per-image CSV was not written")
+    if Path(writer.written).resolve() != predictions.resolve():
+        shutil.copyfile(writer.written, predictions)
+    write_json(record_path, {"fit": fit, "test": metrics})
+
+    payload = {
+        "fold": job.fold,
+        "fold_name": job.fold_name or f"fold {job.fold}",
+        "seed": job.seed,
+        "metrics": metrics,
+        "params": fit.get("params"),
+        "checkpoint": ckpt,
+        "best_model_score": fit.get("best_model_score"),
+        "monitor": fit.get("monitor"),
+        "epochs": fit.get("epochs"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "fit_seconds": round(fit_seconds, 1),
+    }
+    write_json(folder / "metrics.json", payload)
+    (folder / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    return payload
+
+
+def _newest(paths: Any) -> str | None:
+    found = sorted((p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else None
+
+
+def _log_command(job: FoldJob, command: str, ckpt: str | None) -> None:
+    """The equivalent ``bus-mtl fit|test`` command, appended to ``fold.log``."""
+    args = ["bus-mtl", *job.base_args(command), *([f"--ckpt_path={ckpt}"] if ckpt else [])]
+    with open(job.folder / "fold.log", "a") as log:
+        log.write(f"\n$ {shlex.join(args)}\n")
+    print(f"[cv] {job.folder}: {command}", flush=True)
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+    """Finite scalar values (tensors included) of a metrics dict."""
+    out = {}
+    for key, value in values.items():
+        try:
+            v = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if not (math.isnan(v) or math.isinf(v)):
+            out[key] = v
+    return out
+
+
+def _fit_outcome(cli: Any) -> dict[str, Any]:
+    """What the fit's Trainer says: checkpoints, best score, epochs, the net's parameters."""
+    trainer, ckpt = cli.trainer, cli.trainer.checkpoint_callback
+    fit: dict[str, Any] = {"epochs": trainer.current_epoch, "steps": trainer.global_step}
+    score = getattr(ckpt, "best_model_score", None)
+    fit["best_model_path"] = getattr(ckpt, "best_model_path", "") or ""
+    fit["best_model_score"] = _scalars({"s": score}).get("s") if score is not None else None
+    fit["monitor"] = getattr(ckpt, "monitor", None)
+    fit["last_model_path"] = getattr(ckpt, "last_model_path", "") or ""
+    net = getattr(cli.model, "net", None) or cli.model
+    fit["params"] = int(sum(p.numel() for p in net.parameters()))
+    return fit
+
+
+def _per_image_writer(trainer: Any, folder: Path) -> Any:
+    """The Trainer's ``PerImagePredictions`` (one writing into the fold when the config has
+    none): its CSV becomes ``fold_k/test_predictions.csv``."""
+    from bus_mtl.training.callbacks import PerImagePredictions
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, PerImagePredictions):
+            return callback
+    callback = PerImagePredictions(str(folder / "test_predictions.csv"))
+    trainer.callbacks.append(callback)
+    return callback
+
+
+def _release() -> None:
+    """Between in-process folds: close the W&B run and free memory."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_fold_in_subprocess(job: FoldJob) -> dict[str, Any]:
+    """:func:`run_fold` in a subprocess of its own (``--parallel`` > 1), whose output goes
+    to ``fold_k/fold.log``; its result is read back from the ``metrics.json`` it wrote."""
+    folder = job.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / "job.json"
+    spec.write_text(job.to_json())
+    log = folder / "fold.log"
+    env = {**(job.env if job.env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+    with open(log, "a") as fh:
+        proc = subprocess.run(
+            [job.python, "-m", "bus_mtl.experiments.cv", str(spec)],
+            cwd=job.cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    if proc.returncode != 0 or not (folder / "DONE").is_file():
+        raise FoldFailed(f"fold {job.fold} failed (exit code {proc.returncode}); see {log}")
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m bus_mtl.experiments.cv JOB.json``: the body of one fold's subprocess."""
+    job = FoldJob.from_json(Path(argv[0]).read_text())
+    try:
+        run_fold(job)
+    except Exception as err:  # the traceback is in fold.log already
+        print(f"bus-mtl cv: fold {job.fold} failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The summary
 
 
 def finish(out: Path) -> dict[str, Any]:
@@ -606,69 +789,6 @@ def finish(out: Path) -> dict[str, Any]:
             title=out.name,
         )
     return payload
-
-
-def run_cv(
-    configs: Sequence[str],
-    out: str | Path,
-    folds: int = 5,
-    extra: Sequence[str] = (),
-    parallel: int = 1,
-    protocol: str = "kfold",
-    seed: int = 42,
-    split_path: str | Path | None = None,
-    argv: Sequence[str] | None = None,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-    tuned_by: str | Path | None = None,
-) -> tuple[dict[str, Any] | None, dict[int, str]]:
-    """Run (or resume) the cross-validation folder ``out``.
-
-    The split is ``split_path`` when given (``compare`` shares one between variants), else
-    ``OUT/split.json``, computed on the first call and reused by every later one.
-    ``tuned_by``: a sweep's folder or hold-out record (:func:`load_tuned`); the run is
-    refused (:class:`TuningLeak`, before any fold runs) when a test part holds one of its
-    images. Returns ``(summary payload or None if no fold finished, {fold: error})``.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not configs:
-        raise ValueError("at least one --config is needed")
-    tuning = build_datamodule(configs, extra).tuning
-    refuse_tune_mode(tuning)
-    made = False
-    if split_path is None:
-        split_path = out / "split.json"
-        if not split_path.is_file():
-            make_split(configs, split_path, protocol, folds, extra)
-            made = True
-    try:
-        checked = check_tuning(Path(split_path), tuning, tuned_by)
-    except ValueError:  # TuningLeak, or a bad --tuned-by
-        if made:  # a refused run leaves no split behind to be resumed by mistake
-            for name in ("split.json", "split_names.json", CONFLICTS_CSV):
-                (out / name).unlink(missing_ok=True)
-        raise
-    if checked is not None:
-        write_json(out / TUNED_BY, checked)
-    jobs = fold_jobs(configs, out, Path(split_path), seed, extra, cwd, env)
-    record_inputs(out, argv, jobs)
-    errors = run_jobs(jobs, parallel)
-    done = [j for j in jobs if (j.folder / "DONE").is_file()]
-    payload = finish(out) if done else None
-    return payload, errors
-
-
-def _child_main(argv: list[str]) -> int:
-    """``python -m bus_mtl.experiments.cv JOB.json``: the body of one fold's subprocess."""
-    job = FoldJob.from_json(Path(argv[0]).read_text())
-    sys.argv = sys.argv[:1]  # LightningCLI gets its args explicitly, not from argv
-    try:
-        fit_and_test(job)
-    except FoldFailed as err:
-        print(f"bus-mtl cv: {err}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def test_cv_writes_results_and_resumes_only_the_broken_fold(tiny_data_config, tm
     record.pop("fit")
     record.pop("test")
     (out / "fold_1" / "run.json").write_text(json.dumps(record))
-    assert bus_mtl(argv) == 0
+    # The rerun goes one fold at a time, in this process (the first ran folds as subprocesses).
+    rerun = [*argv[: argv.index("--parallel")], "--parallel", "1", *argv[argv.index("2") + 1 :]]
+    assert bus_mtl(rerun) == 0
     assert (out / "fold_0" / "metrics.json").stat().st_mtime_ns == done0
     assert (out / "fold_1" / "DONE").is_file()
     assert (out / "fold_1" / "test_predictions.csv").is_file()
@@ -86,6 +88,7 @@ def test_cv_writes_results_and_resumes_only_the_broken_fold(tiny_data_config, tm
     assert log1.count("$ bus-mtl fit ") == 2 and log1.count("$ bus-mtl test ") == 2
     assert "last.ckpt" in log1.split("$ bus-mtl fit ")[-1].split("\n")[0]  # --ckpt_path
     assert (out / "fold_0" / "fold.log").read_text().count("$ bus-mtl test ") == 1
+    assert not list((out / "fold_1").glob("*/version_1")), "resume logged into a new version"
 
 
 @pytest.mark.slow
