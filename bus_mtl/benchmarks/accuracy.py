@@ -158,7 +158,7 @@ def seconds_per_epoch(cli: Any, steps: int = 3) -> float:
     module_losses = module._losses  # the real loss terms, on the copy's output
 
     def step() -> None:
-        batch = next(batches)
+        batch = dm.normalize_batch(next(batches))  # uint8 loader batch -> normalised floats
         losses = module_losses(net(batch["image"]), batch)
         total = sum(losses.values())
         optimizer.zero_grad()

@@ -1,44 +1,82 @@
 """``bus-mtl bench data``: training-loader throughput, cached vs decoding every PNG.
 
-Measures, in one run with the same workers and the light preset: the cold first epoch
-(``setup()`` validating and filling a fresh decode cache, then one epoch), warm epochs
-(cache hits only), and a naive loader that decodes and resizes every PNG every epoch.
-Uses BUSI when found, else the synthetic set (and says so).
+Measures, in one run with the same workers, sampler, collation and augmentation: the cold
+first epoch (``setup()`` validating and filling a fresh decode cache, then one epoch), then
+``--rounds`` rounds of one warm epoch (the module's own loader: preloaded uint8 arrays) and
+one naive epoch (the same dataset and loader, but decoding and resizing every PNG on every
+access), interleaved so that both see the same machine load. Reports the median of each and
+the ratio; uses BUSI when found, else the synthetic set (and says so).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+GOAL = 5.0  # warm / naive, issue 12
 
-def _epoch(loader: DataLoader) -> tuple[int, float]:
+
+def _epoch(loader: DataLoader) -> tuple[int, float, dict]:
+    """Images, seconds, and the first batch (for its dtypes and sizes) of one epoch."""
     start = time.perf_counter()
-    n = sum(len(b["id"]) for b in loader)
-    return n, time.perf_counter() - start
+    n, first = 0, None
+    for b in loader:
+        n += len(b["id"])
+        first = b if first is None else first
+    return n, time.perf_counter() - start, first or {}
 
 
-def main(argv: list[str]) -> int:
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return "n/a"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bus-mtl bench data", description=__doc__)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--warm-epochs", type=int, default=2)
+    p.add_argument(
+        "--rounds",
+        "--warm-epochs",
+        type=int,
+        default=5,
+        help="interleaved (warm epoch, naive epoch) pairs; medians are reported",
+    )
     p.add_argument("--augmentation", default="light")
+    p.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="warm loader reads one cached .npy per item instead of the in-RAM arrays",
+    )
     p.add_argument(
         "--cache-dir", default=None, help="default: a fresh temporary folder (cold start)"
     )
-    args = p.parse_args(argv)
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit("bus-mtl bench data: --rounds must be >= 1")
 
     from bus_mtl.data import BUSDataModule, default_source
-    from bus_mtl.data.dataset import BUSDataset, seed_worker_augmentation
+    from bus_mtl.data.dataset import BUSDataset
     from bus_mtl.data.io import resize_pair
 
     source, which = default_source(image_size=args.image_size)
     print(which)
+    load_before = _load()
     with tempfile.TemporaryDirectory(prefix="bus_mtl_bench_") as tmp:
         cache_dir = args.cache_dir or tmp
         dm = BUSDataModule(
@@ -49,13 +87,13 @@ def main(argv: list[str]) -> int:
             augmentation=args.augmentation,
             cache_dir=cache_dir,
             val_fraction=0.0,
+            preload=not args.no_preload,
         )
         t0 = time.perf_counter()
         dm.setup("fit")
         t_setup = time.perf_counter() - t0
         loader = dm.train_dataloader()
-        n, t_first = _epoch(loader)
-        warm = [_epoch(loader) for _ in range(args.warm_epochs)]
+        n, t_first, batch = _epoch(loader)
 
         class NaiveDataset(BUSDataset):
             def load_pair(self, index):  # decode + resize from the PNGs every time
@@ -63,35 +101,74 @@ def main(argv: list[str]) -> int:
                 return resize_pair(image, mask, self.cache.image_size)
 
         train = dm.datasets["train"]
-        naive_ds = NaiveDataset(train.samples, train.cache, train.transform, train.in_channels)
-        naive_loader = DataLoader(
-            naive_ds,
-            batch_size=args.batch_size,
-            shuffle=True,
-            num_workers=args.workers,
-            persistent_workers=args.workers > 0,
-            worker_init_fn=seed_worker_augmentation,
+        naive_ds = NaiveDataset(
+            train.samples, train.cache, train.transform, train.in_channels, train.keys
         )
-        naive = [_epoch(naive_loader) for _ in range(args.warm_epochs)]
+        naive_loader = dm.loader_for(naive_ds, train=True)
+        _epoch(naive_loader)  # untimed: starts its workers, as the warm loader's did
+        warm: list[float] = []
+        naive: list[float] = []
+        for _ in range(args.rounds):
+            k, t, _ = _epoch(loader)
+            warm.append(k / t)
+            k, t, _ = _epoch(naive_loader)
+            naive.append(k / t)
+        preloaded = train.pixels.nbytes if train.pixels is not None else 0
 
-    def rate(runs: list[tuple[int, float]]) -> float:
-        return sum(k for k, _ in runs) / sum(t for _, t in runs)
-
-    cold_rate = n / (t_setup + t_first)
-    warm_rate, naive_rate = rate(warm), rate(naive)
+    image = batch["image"]
+    batch_bytes = sum(
+        v.element_size() * v.nelement() for v in batch.values() if hasattr(v, "nelement")
+    )
+    warm_med, naive_med = statistics.median(warm), statistics.median(naive)
+    paired = statistics.median(w / v for w, v in zip(warm, naive))
+    ratio = warm_med / naive_med
     print(
         f"{n} training images/epoch, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-        f"{args.workers} workers, augmentation={args.augmentation!r}"
+        f"{args.workers} workers, augmentation={args.augmentation!r}, {os.cpu_count()} CPUs, "
+        f"load average {load_before} before / {_load()} after"
+    )
+    print(
+        f"batch from the workers: image {str(image.dtype).removeprefix('torch.')} "
+        f"{'x'.join(map(str, image.shape))}, {batch_bytes / 2**20:.2f} MiB in all; "
+        f"preloaded arrays {preloaded / 2**20:.0f} MiB"
+        + (" (off: one .npy read per item)" if args.no_preload else "")
     )
     print(f"{'loader':<34}{'seconds':>10}{'images/s':>12}")
     print(f"{'cold (setup + cache build)':<34}{t_setup:>10.2f}{'':>12}")
     print(f"{'cold first epoch (after setup)':<34}{t_first:>10.2f}{n / t_first:>12.1f}")
+    cold_rate = n / (t_setup + t_first)
     print(f"{'cold total (setup + epoch 1)':<34}{t_setup + t_first:>10.2f}{cold_rate:>12.1f}")
+    print(f"{'warm (cached), median epoch':<34}{n / warm_med:>10.2f}{warm_med:>12.1f}")
+    print(f"{'naive (PNG decode), median epoch':<34}{n / naive_med:>10.2f}{naive_med:>12.1f}")
     print(
-        f"{'warm (cached), mean epoch':<34}{sum(t for _, t in warm) / len(warm):>10.2f}{warm_rate:>12.1f}"
+        "per round, warm / naive images/s: "
+        + ", ".join(f"{w:.0f}/{v:.0f}" for w, v in zip(warm, naive))
     )
     print(
-        f"{'naive (PNG decode every epoch)':<34}{sum(t for _, t in naive) / len(naive):>10.2f}{naive_rate:>12.1f}"
+        f"warm / naive = {ratio:.1f}x (median of per-round ratios {paired:.1f}x; goal >= {GOAL:g}x)"
     )
-    print(f"warm / naive = {warm_rate / naive_rate:.1f}x (goal >= 5x)")
+    if args.json:
+        out = {
+            "source": which,
+            "images_per_epoch": n,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "augmentation": args.augmentation,
+            "preload": not args.no_preload,
+            "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "batch_image_dtype": str(image.dtype),
+            "setup_s": t_setup,
+            "cold_first_epoch_images_per_s": n / t_first,
+            "warm_images_per_s": warm,
+            "naive_images_per_s": naive,
+            "warm_median": warm_med,
+            "naive_median": naive_med,
+            "ratio": ratio,
+            "ratio_paired_median": paired,
+            "goal": GOAL,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -16,6 +16,7 @@ from bus_mtl.data.dataset import (
     BUSDataset,
     EpochSampler,
     collate_samples,
+    normalize_batch,
     seed_worker_augmentation,
 )
 from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD
@@ -33,14 +34,19 @@ from bus_mtl.data.splits import (
     tuning_holdout,
     without,
 )
-from bus_mtl.data.transforms import build_augmentation, build_transform
+from bus_mtl.data.transforms import build_augmentation, build_pipeline
 
 
 class BUSDataModule(L.LightningDataModule):
     """Breast-ultrasound batches for joint segmentation + classification.
 
-    Batches are dicts: ``image`` float B×C×H×W (normalised), ``mask`` float B×1×H×W in
-    {0,1}, ``label`` long B (-1 = no class label), ``id`` list[str], ``centre`` list[str].
+    Batches are dicts: ``image`` B×C×H×W, ``mask`` B×1×H×W in {0,1}, ``label`` long B (-1 =
+    no class label), ``id`` list[str], ``centre`` list[str]. The loaders yield ``image`` and
+    ``mask`` as **uint8** (raw pixels: 4× less worker-to-trainer traffic than float32);
+    :meth:`on_after_batch_transfer`, which Lightning calls once the batch is on the device,
+    turns them into what every step and callback sees: ``image`` float32 normalised with
+    :attr:`normalization`, ``mask`` float32. Code that iterates a loader itself calls
+    :meth:`normalize_batch` (idempotent: a float image is not normalised twice).
 
     ``setup()`` checks the whole dataset first (every file decoded once into the cache) and
     raises one :class:`~bus_mtl.data.errors.DataError` listing every problem, so bad data
@@ -84,6 +90,9 @@ class BUSDataModule(L.LightningDataModule):
             test part (what ``bus-mtl cv`` uses after a sweep). The split records it as
             ``tuning`` (with its fingerprint); a split file that has one is used as is.
         tuning_fraction: share of the images in the tuning hold-out, in (0, 1).
+        preload: hold each part's decoded arrays in RAM (N×2×size² uint8; all of BUSI at
+            256² is 85 MB), shared with the loader workers, instead of reading one cached
+            ``.npy`` per item.
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class BUSDataModule(L.LightningDataModule):
         std: float | None = None,
         tuning: str = "off",
         tuning_fraction: float = 0.15,
+        preload: bool = True,
     ) -> None:
         super().__init__()
         if tuning not in TUNING_MODES:
@@ -186,6 +196,7 @@ class BUSDataModule(L.LightningDataModule):
         self._fixed_norm = (mean, std)
         self.tuning = tuning
         self.tuning_fraction = float(tuning_fraction)
+        self.preload = bool(preload)
         self._num_classes = 3 if self.source.has_normal_class else 1
         self.report: DataReport | None = None
         self.split: Split | None = None
@@ -399,30 +410,29 @@ class BUSDataModule(L.LightningDataModule):
         }
         if not chosen["train"]:
             raise DataError(f"fold {self.fold}: the training part is empty")
-        self._normalization = self._compute_normalization(chosen["train"], cache, report.keys)
-        mean, std = self._normalization["mean"], self._normalization["std"]
         for name, subset in chosen.items():
             aug = self.augmentation if name == "train" else "none"
-            transform = build_transform(aug, mean, std, seed=self.seed)
+            # Augmentation only: images stay uint8 until on_after_batch_transfer.
             self.datasets[name] = BUSDataset(
                 subset,
                 cache,
-                transform,
+                build_pipeline(aug, seed=self.seed),
                 self._in_channels,
                 report.keys,
                 # Test metrics are reported on the clinician's mask at its own size.
                 original_masks=name == "test",
             )
+            if self.preload:
+                self.datasets[name].preload()
+        self._normalization = self._compute_normalization(self.datasets["train"])
 
-    def _compute_normalization(
-        self, train: list[Sample], cache: DecodeCache, keys: dict[str, str]
-    ) -> dict[str, float]:
+    def _compute_normalization(self, train: BUSDataset) -> dict[str, float]:
         mean, std = self._fixed_norm
         if mean is not None and std is not None:
             return {"mean": float(mean), "std": float(std)}
         total, total_sq, count = 0.0, 0.0, 0
-        for s in train:
-            img = cache.load(s, keys.get(s.id))[0].astype(np.float64) / 255.0
+        for i in range(len(train)):
+            img = train.load_pair(i)[0].astype(np.float64) / 255.0
             total += img.sum()
             total_sq += (img**2).sum()
             count += img.size
@@ -436,7 +446,10 @@ class BUSDataModule(L.LightningDataModule):
     def _loader(self, name: str, train: bool = False) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("call setup() before asking for a dataloader")
-        ds = self.datasets[name]
+        return self.loader_for(self.datasets[name], train)
+
+    def loader_for(self, ds: BUSDataset, train: bool = False) -> DataLoader:
+        """The DataLoader this module builds (sampler, workers, collation) over ``ds``."""
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -461,6 +474,26 @@ class BUSDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The fold's test part."""
         return self._loader("test")
+
+    def normalize_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A loader batch as the steps take it: ``image`` float32 normalised with
+        :attr:`normalization`, ``mask`` float32 (see
+        :func:`~bus_mtl.data.dataset.normalize_batch`; a float image is left alone)."""
+        norm = self.normalization
+        return normalize_batch(batch, norm["mean"], norm["std"])
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise on the device, once per batch (uint8 crossed the worker boundary)."""
+        if not isinstance(batch, dict):
+            return batch
+        batch = self.normalize_batch(batch)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            # Lightning cast the batch's float tensors for "*-true" precisions before the
+            # transfer, when image and mask were still uint8: cast the new floats the same
+            # way (a no-op for 32-true and the mixed precisions).
+            batch = trainer.precision_plugin.convert_input(batch)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {

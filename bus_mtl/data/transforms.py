@@ -7,6 +7,12 @@ A custom pipeline is a list of dicts, one per transform: ``{"name": "HorizontalF
 ``{"class_path": "albumentations.Affine", "init_args": {...}}``. Geometric transforms use
 nearest interpolation for masks (albumentations' default, set explicitly where it can be).
 Normalisation uses one scalar mean/std (1-channel input).
+
+Training and evaluation loaders apply :func:`build_pipeline` (augmentation only, uint8 in
+and out) in their workers and normalise on the device
+(:meth:`~bus_mtl.data.BUSDataModule.on_after_batch_transfer`); :func:`build_transform`
+(augmentation + normalisation in one pipeline) is the same arithmetic on one image, as
+inference preprocessing does it.
 """
 
 from __future__ import annotations
@@ -96,6 +102,14 @@ def build_augmentation(spec: str | list[dict[str, Any]] | None) -> list[A.BasicT
             f"augmentation: expected a preset name or a list of dicts, got {type(spec).__name__}"
         )
     return [_from_dict(s, i) for i, s in enumerate(spec)]
+
+
+def build_pipeline(
+    augmentation: str | list[dict[str, Any]] | None, seed: int | None = None
+) -> A.Compose:
+    """The augmentation alone, as the loaders apply it: uint8 image and mask in, uint8 out
+    (normalisation happens on the device, once per batch)."""
+    return A.Compose(build_augmentation(augmentation), seed=seed)
 
 
 def build_transform(

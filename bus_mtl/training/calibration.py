@@ -158,6 +158,17 @@ def collect_logits(net: nn.Module, loader: Any, device: torch.device) -> tuple[T
     return torch.cat(logits), torch.cat(labels)
 
 
+class _StepBatches:
+    """A loader's batches as the steps see them: through the datamodule's
+    ``normalize_batch`` (its loaders yield uint8 images, normalised once, here)."""
+
+    def __init__(self, loader: Any, prepare: Any) -> None:
+        self.loader, self.prepare = loader, prepare
+
+    def __iter__(self) -> Any:
+        return (self.prepare(batch) for batch in self.loader)
+
+
 class TemperatureCalibration(Callback):
     """At the end of fit, fits on the validation logits a temperature (minimum NLL) and then,
     on the calibrated probabilities, the decision threshold (K = 1).
@@ -220,7 +231,9 @@ class TemperatureCalibration(Callback):
         # rank fits the same temperature without collectives.
         datamodule = trainer.datamodule
         if datamodule is not None:
-            return datamodule.val_dataloader()
+            loader = datamodule.val_dataloader()
+            prepare = getattr(datamodule, "normalize_batch", None)
+            return _StepBatches(loader, prepare) if prepare is not None else loader
         return trainer.val_dataloaders
 
     def _fit(

@@ -244,6 +244,13 @@ class MultiTaskModule(pl.LightningModule):
 
     def forward(self, image: Tensor) -> Any:
         """B×C×H×W normalised image -> ``MTLOutput(mask=B×1×H×W | None, logits=B×K | None)``."""
+        if image.dtype == torch.uint8:
+            raise TypeError(
+                "MultiTaskModule got a uint8 image: BUSDataModule's loaders yield raw pixels, "
+                "normalised on the device by its on_after_batch_transfer; pass the datamodule "
+                "(trainer.fit/validate/test/predict(model, datamodule=dm)), or normalise a "
+                "batch you iterate yourself with dm.normalize_batch(batch)"
+            )
         if self._use_channels_last():
             image = image.contiguous(memory_format=torch.channels_last)
         net = self._compiled if self._compiled is not None else self.net

@@ -19,11 +19,10 @@ def test_batch_contract(synthetic_source, tmp_path: Path) -> None:
     dm = _dm(synthetic_source, tmp_path, split_out=str(tmp_path / "split.json"))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (4, 1, 64, 64) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (4, 1, 64, 64) and set(batch["mask"].unique().tolist()) <= {
-        0.0,
-        1.0,
-    }
+    # Loader batches carry raw uint8 pixels (normalised on the device, see below).
+    assert batch["image"].shape == (4, 1, 64, 64) and batch["image"].dtype == torch.uint8
+    assert batch["mask"].shape == (4, 1, 64, 64) and batch["mask"].dtype == torch.uint8
+    assert set(batch["mask"].unique().tolist()) <= {0, 1}
     assert batch["label"].dtype == torch.long and batch["label"].shape == (4,)
     assert (
         isinstance(batch["id"], list)
@@ -40,7 +39,10 @@ def test_batch_contract(synthetic_source, tmp_path: Path) -> None:
     assert norm["mean"] == pytest.approx(raw.mean(), abs=1e-4) and norm["std"] == pytest.approx(
         raw.std(), abs=1e-4
     )
-    test = next(iter(dm.test_dataloader()))
+    raw_test = next(iter(dm.test_dataloader()))
+    test = dm.on_after_batch_transfer(raw_test, 0)  # what Lightning's steps receive
+    assert test["image"].dtype == torch.float32 and test["mask"].dtype == torch.float32
+    assert set(test["mask"].unique().tolist()) <= {0.0, 1.0}
     expected = (dm.datasets["test"].load_pair(0)[0] / 255 - norm["mean"]) / norm["std"]
     np.testing.assert_allclose(test["image"][0, 0].numpy(), expected, atol=1e-4)
     assert (tmp_path / "split.json").is_file()

@@ -141,7 +141,7 @@ def test_temperature_goes_into_module_and_checkpoints(calibrated_run):
     # The module's temperature is the NLL optimum of its own validation logits.
     module.eval()
     with torch.no_grad():
-        batches = list(dm.val_dataloader())
+        batches = [dm.normalize_batch(b) for b in dm.val_dataloader()]
         logits = torch.cat([module.net(b["image"]).logits for b in batches])
         labels = torch.cat([b["label"] for b in batches])
     # Fitted by minimum NLL: no worse than the raw logits on the validation set.
@@ -170,7 +170,7 @@ def test_decision_threshold_goes_into_checkpoints_and_test_metrics(calibrated_ru
     # Youden's J on the validation part's calibrated probabilities, for the current weights.
     module.eval()
     with torch.no_grad():
-        batches = list(dm.val_dataloader())
+        batches = [dm.normalize_batch(b) for b in dm.val_dataloader()]
         logits = torch.cat([module.net(b["image"]).logits for b in batches])
         labels = torch.cat([b["label"] for b in batches])
     probs = torch.sigmoid(logits[:, 0] / module.temperature)

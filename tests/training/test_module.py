@@ -148,7 +148,7 @@ def test_checkpoint_metadata_and_load_net_round_trip(fitted):
 
     net, meta2 = load_net(path)
     assert meta2 == meta and not net.training
-    batch = next(iter(dm.val_dataloader()))
+    batch = dm.normalize_batch(next(iter(dm.val_dataloader())))
     module.eval()
     with torch.no_grad():
         expected = module.net(batch["image"])
@@ -168,7 +168,7 @@ def test_load_net_rejects_a_foreign_checkpoint(tmp_path):
 
 def test_predict_step_applies_temperature(fitted):
     module, dm = fitted["module"], fitted["dm"]
-    batch = next(iter(dm.val_dataloader()))
+    batch = dm.normalize_batch(next(iter(dm.val_dataloader())))
     module.eval()
     module.temperature.fill_(2.0)
     try:
@@ -180,6 +180,79 @@ def test_predict_step_applies_temperature(fitted):
     assert out["id"] == list(batch["id"])
     assert out["mask_prob"].shape == batch["mask"].shape
     torch.testing.assert_close(out["prob"], torch.sigmoid(logits[:, 0] / 2.0))
+
+
+def test_uint8_loader_batches_are_normalised_exactly_once(fitted):
+    """The loaders yield uint8; the datamodule's device hook normalises once, giving what
+    normalising in the workers gave (albumentations' Normalize after the same
+    augmentation); the module refuses a raw batch rather than run on unnormalised pixels."""
+    from bus_mtl.data.dataset import collate_samples, reseed_transform
+    from bus_mtl.data.transforms import build_transform
+
+    module, dm = fitted["module"], fitted["dm"]
+    train = dm.datasets["train"]
+    norm = dm.normalization
+    old = build_transform(dm.augmentation, norm["mean"], norm["std"], seed=dm.seed)
+    keys = [(i, 1000 + i) for i in range(4)]  # (index, augmentation seed), as EpochSampler
+    raw = collate_samples([train[k] for k in keys])
+    assert raw["image"].dtype == torch.uint8 and raw["mask"].dtype == torch.uint8
+    batch = dm.on_after_batch_transfer(raw, 0)
+    expected = []
+    for i, seed in keys:
+        image, mask = train.load_pair(i)
+        reseed_transform(old, seed)
+        expected.append(torch.from_numpy(old(image=image, mask=mask)["image"])[None])
+    expected = torch.stack(expected)
+    torch.testing.assert_close(batch["image"], expected, rtol=0, atol=1e-6)  # float32 ulps
+    assert batch["mask"].dtype == torch.float32
+    # Idempotent: a float batch is not normalised a second time.
+    again = dm.on_after_batch_transfer(batch, 0)
+    assert torch.equal(again["image"], batch["image"])
+    module.eval()
+    with torch.no_grad():
+        got = module(batch["image"])
+        want = module(expected)
+    torch.testing.assert_close(got.logits, want.logits)
+    torch.testing.assert_close(got.mask, want.mask)
+    with pytest.raises(TypeError, match="uint8.*normalize_batch"):
+        module(raw["image"])
+
+
+def test_steps_and_callbacks_see_normalised_float_batches(tmp_path, synthetic_root):
+    """Every Lightning path (train, val, predict steps, batch-end callbacks) gets the batch
+    after the datamodule's hook: float32, normalised once."""
+    seen: dict[str, list[tuple[torch.dtype, torch.dtype]]] = {}
+    first_val: dict[str, object] = {}
+
+    class Spy(pl.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args):
+            seen.setdefault("callback", []).append((batch["image"].dtype, batch["mask"].dtype))
+            first_val.setdefault("id", list(batch["id"]))
+            first_val.setdefault("image", batch["image"].clone())
+
+    class Recording(MultiTaskModule):
+        def _shared_step(self, batch, stage):
+            seen.setdefault(stage, []).append((batch["image"].dtype, batch["mask"].dtype))
+            return super()._shared_step(batch, stage)
+
+        def predict_step(self, batch, batch_idx):
+            seen.setdefault("predict", []).append((batch["image"].dtype, batch["mask"].dtype))
+            return super().predict_step(batch, batch_idx)
+
+    module = Recording(tiny_net())
+    dm = make_datamodule(synthetic_root)
+    trainer = make_trainer(tmp_path, callbacks=[Spy()], limit_train_batches=1)
+    trainer.fit(module, datamodule=dm)
+    trainer.predict(module, datamodule=dm)
+    assert set(seen) == {"train", "val", "callback", "predict"}
+    for stage, dtypes in seen.items():
+        assert set(dtypes) == {(torch.float32, torch.float32)}, stage
+    # The val batch the steps and callbacks saw is the loader's batch normalised once.
+    loader_batch = next(iter(dm.val_dataloader()))
+    assert loader_batch["image"].dtype == torch.uint8 and loader_batch["id"] == first_val["id"]
+    norm = dm.normalization
+    manual = (loader_batch["image"].double() / 255 - norm["mean"]) / norm["std"]
+    torch.testing.assert_close(first_val["image"], manual.float(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
