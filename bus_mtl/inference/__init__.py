@@ -1,5 +1,6 @@
-"""Inference and deployment: export (ONNX / TorchScript + metadata), the ONNX Runtime
-:class:`Predictor`, and batch prediction on image files.
+"""Inference and deployment: export (ONNX / TorchScript + metadata, optional int8
+quantisation), the ONNX Runtime :class:`Predictor`, the accuracy gate of deployed forms, and
+batch prediction on image files.
 
 Attributes are imported lazily so that ``from bus_mtl.inference import Predictor`` needs only
 onnxruntime, numpy and OpenCV (no torch, Lightning, MONAI or smp).
@@ -22,6 +23,11 @@ _LAZY: dict[str, str] = {
     "export_torchscript": "bus_mtl.inference.export",
     "export_checkpoint": "bus_mtl.inference.export",
     "ParityError": "bus_mtl.inference.export",
+    "session_options": "bus_mtl.inference.predictor",
+    "quantize_onnx": "bus_mtl.inference.quantize",
+    "check_accuracy": "bus_mtl.inference.gate",
+    "gate_model": "bus_mtl.inference.gate",
+    "load_fold_samples": "bus_mtl.inference.gate",
     "fit_temperature": "bus_mtl.inference.calibration",
     "expected_calibration_error": "bus_mtl.inference.calibration",
     "reliability_diagram": "bus_mtl.inference.calibration",

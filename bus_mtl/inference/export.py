@@ -31,9 +31,16 @@ class ExportReport:
     format: str
     max_abs_diff: dict[str, float]
     info: ModelInfo
+    precision: str = "fp32"
 
     def __str__(self) -> str:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs_diff.items())
+        if self.precision != "fp32":
+            return (
+                f"wrote {self.precision} {self.format} model {self.path} (quantised from an fp32 "
+                f"export whose max |exported - PyTorch| was {diffs}; int8 is lossy: check it "
+                "with --check)"
+            )
         return f"wrote {self.format} model {self.path}; max |exported - PyTorch|: {diffs}"
 
 
@@ -184,6 +191,11 @@ def export_checkpoint(
     output: str | Path | None = None,
     image_size: int | None = None,
     atol: float = DEFAULT_ATOL,
+    quantize: str | None = None,
+    calibration_images: int = 64,
+    busi_root: str | Path | None = None,
+    fold: int = 0,
+    calibration: list[np.ndarray] | None = None,
 ) -> ExportReport:
     """Export a training checkpoint; the temperature, threshold, normalisation and class
     names come from its ``bus_mtl`` metadata.
@@ -191,14 +203,23 @@ def export_checkpoint(
     Args:
         ckpt_path: Lightning checkpoint written by ``MultiTaskModule``.
         format: ``"onnx"`` or ``"torchscript"``.
-        output: file to write (default: next to the checkpoint, ``.onnx`` / ``.pt``).
+        output: file to write (default: next to the checkpoint, ``.onnx`` / ``.pt``;
+            ``.int8.onnx`` when quantised).
         image_size: input side when the checkpoint has none (or to override it).
-        atol: largest accepted max |exported - PyTorch|.
+        atol: largest accepted max |exported - PyTorch| (of the fp32 export).
+        quantize: ``"int8"``: write an int8 static-quantised ONNX model instead (see
+            :mod:`bus_mtl.inference.quantize`), calibrated on ``calibration`` (H×W uint8
+            grey images) or else on ``calibration_images`` random images of the training
+            part of BUSI fold ``fold`` (at ``busi_root``).
     """
     from bus_mtl.inference.torch_predictor import load_checkpoint
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize and format != "onnx":
+        raise ValueError("int8 quantisation is for ONNX exports (--format onnx)")
     ckpt_path = Path(ckpt_path)
     net, info = load_checkpoint(ckpt_path, image_size=image_size)
     divisor = int(getattr(net, "size_divisor", 1))
@@ -207,8 +228,41 @@ def export_checkpoint(
             f"image size {info.image_size} is not a multiple of {divisor}, which "
             f"{type(net).__name__} needs"
         )
-    suffix = ".onnx" if format == "onnx" else ".pt"
+    suffix = {"onnx": ".onnx", "torchscript": ".pt"}[format]
+    if quantize:
+        suffix = f".{quantize}.onnx"
     output = Path(output) if output is not None else ckpt_path.with_suffix(suffix)
+    if quantize:
+        return _export_int8(
+            net, info, output, atol, calibration, calibration_images, busi_root, fold
+        )
     if format == "onnx":
         return export_onnx(net, info, output, atol=atol)
     return export_torchscript(net, info, output, atol=atol)
+
+
+def _export_int8(
+    net: nn.Module,
+    info: ModelInfo,
+    output: Path,
+    atol: float,
+    calibration: list[np.ndarray] | None,
+    calibration_images: int,
+    busi_root: str | Path | None,
+    fold: int,
+) -> ExportReport:
+    import tempfile
+
+    from bus_mtl.inference.quantize import calibration_batches, quantize_onnx
+
+    if calibration is None:
+        from bus_mtl.inference.gate import load_fold_samples
+
+        if calibration_images < 1:
+            raise ValueError(f"calibration_images must be >= 1, got {calibration_images}")
+        samples = load_fold_samples(busi_root, fold, "train", n=calibration_images)
+        calibration = [s.image for s in samples]
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(net, info, Path(tmp) / "fp32.onnx", atol=atol)
+        quantize_onnx(fp32.path, output, calibration_batches(calibration, info))
+    return ExportReport(output, "onnx", fp32.max_abs_diff, info, precision="int8")

@@ -139,6 +139,33 @@ class BasePredictor:
         )
 
 
+def session_options(num_threads: int | None = None, optimized: bool = True, spinning: bool = True):
+    """onnxruntime ``SessionOptions`` for serving one image at a time on a CPU.
+
+    ``optimized`` (the default): every graph optimisation (``ORT_ENABLE_ALL``: constant
+    folding, Conv+BN/activation fusion, the NCHWc layout on x86), sequential execution, one
+    inter-op thread and denormals flushed to zero (trained weights make denormal activations,
+    which are slow on x86). ``optimized=False``: onnxruntime's own defaults. ``spinning=False``
+    stops idle intra-op threads from busy-waiting: slower on an idle machine, kinder to a
+    shared one.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    if optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = True
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def read_onnx_info(session, model_path: str | Path) -> ModelInfo:
     """The :class:`ModelInfo` stored in an ONNX model, else in its sidecar JSON."""
     meta = session.get_modelmeta().custom_metadata_map
@@ -165,6 +192,12 @@ class Predictor(BasePredictor):
         tta: average with the horizontal mirror by default.
         num_threads: onnxruntime intra-op threads (``None``: onnxruntime's default).
         providers: onnxruntime execution providers (default: CPU).
+        optimized: serving session options (see :func:`session_options`); ``False`` keeps
+            onnxruntime's defaults.
+        spinning: let idle intra-op threads busy-wait (onnxruntime's default).
+
+    The model may be the fp32 export or its int8 copy (``bus-mtl export --quantize int8``):
+    both carry the same metadata.
 
     Example:
         >>> result = Predictor("model.onnx").predict("scan.png")
@@ -179,16 +212,15 @@ class Predictor(BasePredictor):
         num_threads: int | None = None,
         decision_threshold: float | None = None,
         providers: list[str] | None = None,
+        optimized: bool = True,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"{model_path}: ONNX model not found")
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
+        options = session_options(num_threads, optimized=optimized, spinning=spinning)
         try:
             self.session = ort.InferenceSession(
                 str(model_path), options, providers=providers or ["CPUExecutionProvider"]
@@ -202,6 +234,9 @@ class Predictor(BasePredictor):
             tta=tta,
             decision_threshold=decision_threshold,
         )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        #: ``"fp32"``, or ``"int8"`` for a model written by ``bus-mtl export --quantize int8``
+        self.precision: str = json.loads(meta.get("precision", '"fp32"'))
         self._outputs = [o.name for o in self.session.get_outputs()]
         missing = set(self.info.output_names) - set(self._outputs)
         if missing:
