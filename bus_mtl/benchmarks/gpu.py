@@ -110,6 +110,10 @@ def bare_loop(
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     net = net.to(memory_format=fmt)
     seg_loss, cls_loss, weighting = module.seg_loss, module.cls_loss, module.weighting.to(device)
+    if hasattr(cls_loss, "set_class_counts"):
+        # "auto" class weights need counts; the random labels below are balanced.
+        cls_loss.set_class_counts([1, 1][: max(module.num_classes, 2)])
+        cls_loss.to(device)
     params = list(net.parameters()) + list(weighting.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
