@@ -477,8 +477,7 @@ def main(argv: list[str]) -> int:
     print(
         f"{model}, {os.cpu_count()} CPUs; torch {torch.__version__}, onnxruntime "
         f"{ort.__version__}; 1-min load average {load_before:.2f} before, {load_after:.2f} "
-        f"after timing"
-        + (" (other processes were running: medians are inflated)" if load_before > 1.0 else "")
+        "after timing (this process adds about 1-2; more: other processes shared the CPU)"
     )
     if ckpts:
         print(
@@ -489,11 +488,10 @@ def main(argv: list[str]) -> int:
     print(format_table(rows))
     for line in goal_lines(rows) + goal_lines(rows, "min_ms"):
         print(line)
-    if load_before > 1.0:
-        print(
-            "  (on a shared CPU the minimum is the closer estimate of an idle machine's "
-            "latency; PyTorch eager suffers far more from other processes than onnxruntime)"
-        )
+    print(
+        "  (on a shared CPU the minimum is the closer estimate of an idle machine's latency; "
+        "PyTorch eager suffers far more from other processes than onnxruntime)"
+    )
     out = Path(args.out)
     _write(rows, meta, out)
     print(f"wrote {out / 'inference.csv'} and {out / 'inference.json'}")
