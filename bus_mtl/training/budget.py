@@ -120,9 +120,6 @@ class TimeBudget(Callback):
             if isinstance(config.scheduler, WarmupCosine):
                 config.scheduler.replan(planned * steps_per_epoch)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"planned_epochs": self.planned_epochs}
-
 
 @rank_zero_only
 def rank_zero_print(message: str) -> None:
