@@ -13,8 +13,13 @@ does not exist from the current folder falls back to the packaged preset (see
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 PACKAGE = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE.parent
@@ -35,7 +40,15 @@ EXPERIMENTS = PRESETS  # the name this module used before the presets shipped in
 PREFIX = "preset:"
 # Options whose value is a preset file or folder: a path missing from the current folder
 # that names a preset (``experiments/base.yaml``, ``base.yaml``) falls back to it.
-PATH_OPTIONS = ("--config", "-c", "--variant-config", "--variants-dir")
+PATH_OPTIONS = (
+    "--config",
+    "-c",
+    "--model.net",
+    "--data.sources",
+    "--trainer.callbacks",
+    "--variant-config",
+    "--variants-dir",
+)
 
 
 def available() -> list[str]:
@@ -94,3 +107,86 @@ def resolve_args(argv: Sequence[str]) -> list[str]:
         after_path_option = arg in PATH_OPTIONS
         out.append(resolve(arg, fallback=False))
     return out
+
+
+# Where a component preset goes, by what its class is.
+COMPONENT_OPTIONS = {"net": "--model.net", "sources": "--data.sources"}
+
+
+def _import_class(class_path: str, where: str) -> type:
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{where}: class_path {class_path!r} cannot be imported ({err})") from err
+
+
+def component_kind(path: str | Path) -> str | None:
+    """``"net"`` or ``"sources"`` when ``path`` is a component preset (a YAML mapping with a
+    top-level ``class_path``), ``None`` for a config file or a path that is not a readable
+    YAML file (left for the parser to report). ``ValueError`` naming the file for a
+    ``class_path`` that is neither a ``torch.nn.Module`` nor a ``bus_mtl.data.Source``."""
+    try:
+        data: Any = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict) or "class_path" not in data:
+        return None
+    cls = _import_class(str(data["class_path"]), str(path))
+    from torch import nn
+
+    from bus_mtl.data.sources.base import Source
+
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return "net"
+    if isinstance(cls, type) and issubclass(cls, Source):
+        return "sources"
+    raise ValueError(
+        f"{path}: class_path {data['class_path']!r} is neither a net (torch.nn.Module, give it "
+        "with --model.net) nor a data source (bus_mtl.data.Source, --data.sources); a config "
+        "file has trainer/model/data sections instead"
+    )
+
+
+def config_args(path: str | Path) -> list[str]:
+    """The options that load ``path``: ``["--config", path]`` for a config file,
+    ``["--model.net", path]`` for a net preset, ``["--data.sources", path]`` for a source."""
+    kind = component_kind(path)
+    return [COMPONENT_OPTIONS[kind] if kind else "--config", str(path)]
+
+
+def component_args(argv: Sequence[str], note: bool = True) -> list[str]:
+    """``argv`` with every ``--config``/``-c`` that names a component preset turned into
+    the option that loads it (``--model.net FILE``, ``--data.sources FILE``), in place, so
+    the order of composition is kept. ``note``: say so on stderr (the 0.1 layout gave
+    variant and data presets with ``--config``)."""
+    out: list[str] = []
+    pending: str | None = None
+    for arg in argv:
+        if pending is not None:
+            kind = component_kind(arg)
+            out += [COMPONENT_OPTIONS[kind] if kind else pending, arg]
+            _note(arg, kind, note)
+            pending = None
+            continue
+        option, eq, value = arg.partition("=")
+        if eq and option in ("--config", "-c"):
+            kind = component_kind(value)
+            out.append(f"{COMPONENT_OPTIONS[kind]}={value}" if kind else arg)
+            _note(value, kind, note)
+        elif arg in ("--config", "-c"):
+            pending = arg
+        else:
+            out.append(arg)
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
+def _note(path: str, kind: str | None, note: bool) -> None:
+    if kind and note:
+        print(
+            f"bus-mtl: {path} is a {kind} preset: loaded as {COMPONENT_OPTIONS[kind]} {path} "
+            f"(giving it with --config is deprecated; write {COMPONENT_OPTIONS[kind]})",
+            file=sys.stderr,
+        )

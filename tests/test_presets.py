@@ -70,6 +70,129 @@ def test_resolve_args_names_presets(tmp_path, monkeypatch):
     assert here == ["--config", "experiments/base.yaml"]
 
 
+# Config files that are composed with each other (README, recipes, main job).
+COMPOSED = [
+    ("base.yaml", "recipes/cpu.yaml"),
+    ("base.yaml", "recipes/gpu.yaml"),
+    ("base.yaml", "busi_5fold.yaml"),
+]
+
+
+def _load(name: str):
+    import yaml
+
+    return yaml.safe_load(configs.preset(name).read_text())
+
+
+def _leaves(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _subtrees(node):
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from _subtrees(child)
+
+
+def test_presets_restate_nothing():
+    """Each setting is written once: a recipe or override restates no value of base.yaml,
+    and no config file inlines a component preset (a net, a data source, the callback list)
+    instead of naming it by path."""
+    for first, later in COMPOSED:
+        a, b = _leaves(_load(first)), _leaves(_load(later))
+        same = sorted(k for k in a.keys() & b.keys() if a[k] == b[k])
+        assert not same, f"{later} restates {first}: {same}"
+    components = {
+        n: _load(n)
+        for n in configs.available()
+        if n.startswith("trainer/") or configs.component_kind(configs.preset(n))
+    }
+    assert {"trainer/callbacks.yaml", "variants/seg_features_effnet.yaml", "data/busi.yaml"} <= set(
+        components
+    )
+    for name in configs.available():
+        if name in components or name.startswith("sweeps/"):
+            continue
+        for sub in _subtrees(_load(name)):
+            for cname, content in components.items():
+                assert sub != content, f"{name} copies {cname}: name the file instead"
+    assert _load("base.yaml")["model"]["net"] == "variants/seg_features_effnet.yaml"
+    assert _load("base.yaml")["trainer"]["callbacks"] == "trainer/callbacks.yaml"
+
+
+def test_component_presets_load_with_their_option(tmp_path, capsys):
+    net = str(configs.preset("variants/smp_unet.yaml"))
+    busi = str(configs.preset("data/busi.yaml"))
+    base = str(configs.preset("base.yaml"))
+    assert configs.config_args(net) == ["--model.net", net]
+    assert configs.config_args(busi) == ["--data.sources", busi]
+    assert configs.config_args(base) == ["--config", base]
+    assert configs.config_args(tmp_path / "missing.yaml")[0] == "--config"  # parser reports it
+    # The 0.1 layout (every preset with --config) keeps working, in order, with a note.
+    argv = ["fit", "--config", base, f"--config={busi}", "-c", net, "--trainer.max_epochs=1"]
+    assert configs.component_args(argv) == [
+        "fit", "--config", base, f"--data.sources={busi}", "--model.net", net,
+        "--trainer.max_epochs=1",
+    ]  # fmt: skip
+    err = capsys.readouterr().err
+    assert "loaded as --model.net" in err and "deprecated" in err and busi in err
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("class_path: collections.OrderedDict\n")
+    with pytest.raises(ValueError, match="odd.yaml.*neither a net"):
+        configs.component_kind(odd)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("class_path: bus_mtl.models.NoSuchNet\n")
+    with pytest.raises(ValueError, match="typo.yaml.*NoSuchNet"):
+        configs.component_kind(typo)
+
+
+def test_old_and_new_layouts_resolve_alike(monkeypatch):
+    """``--config`` of a net/data preset (0.1) and ``--model.net``/``--data.sources`` give the
+    same resolved config; names in a preset are relative to it, not to the current folder."""
+    from bus_mtl.cli.lightning import build_cli
+
+    monkeypatch.chdir("/")
+    names = {n: str(configs.preset(n)) for n in ("base.yaml", "data/synthetic.yaml",
+             "recipes/cpu.yaml", "variants/shared_encoder.yaml")}  # fmt: skip
+    old = [
+        "--config",
+        names["base.yaml"],
+        "--config",
+        names["data/synthetic.yaml"],
+        "--config",
+        names["recipes/cpu.yaml"],
+        "--config",
+        names["variants/shared_encoder.yaml"],
+    ]
+    new = [
+        "--config",
+        names["base.yaml"],
+        "--data.sources",
+        names["data/synthetic.yaml"],
+        "--config",
+        names["recipes/cpu.yaml"],
+        "--model.net",
+        names["variants/shared_encoder.yaml"],
+    ]
+    # fmt: skip
+    seen = []
+    for argv in (old, new):
+        cli = build_cli([*argv, "--trainer.logger=false"], run=False)
+        seen.append(cli.config)
+        assert type(cli.model.net).__name__ == "SharedEncoder"
+        assert type(cli.datamodule.source).__name__ == "SyntheticSource" or cli.datamodule
+        callbacks = [type(c).__name__ for c in cli.trainer.callbacks]
+        assert {"TemperatureCalibration", "TimeBudget", "ModelCheckpoint"} <= set(callbacks)
+    assert seen[0] == seen[1]
+
+
 def test_presets_command(capsys):
     assert bus_mtl(["presets"]) == 0
     out = capsys.readouterr().out

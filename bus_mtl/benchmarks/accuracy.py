@@ -98,7 +98,7 @@ def _data_args(args: argparse.Namespace) -> tuple[list[str], str]:
     if args.synthetic_n:
         return (
             [
-                "--config",
+                "--data.sources",
                 str(preset("data/synthetic.yaml")),
                 f"--data.sources.init_args.n={args.synthetic_n}",
                 "--data.sources.init_args.image_size=64",
@@ -112,7 +112,7 @@ def _data_args(args: argparse.Namespace) -> tuple[list[str], str]:
             "use --synthetic-n N"
         )
     return (
-        ["--config", str(preset("data/busi.yaml")), f"--data.sources.init_args.root={busi}"],
+        ["--data.sources", str(preset("data/busi.yaml")), f"--data.sources.init_args.root={busi}"],
         f"BUSI at {busi}",
     )
 
@@ -125,7 +125,7 @@ def _base_args(args: argparse.Namespace, entry: Entry, data_args: list[str]) -> 
         "--config",
         str(preset(f"recipes/{args.recipe}.yaml")),
         *(
-            ["--config", str(preset(f"variants/{entry.variant_preset}.yaml"))]
+            ["--model.net", str(preset(f"variants/{entry.variant_preset}.yaml"))]
             if entry.variant_preset
             else []
         ),

@@ -65,7 +65,10 @@ def recipe_setup(name: str) -> dict[str, Any]:
 
     base = yaml.safe_load(preset("base.yaml").read_text())
     recipe = yaml.safe_load(preset(f"recipes/{name}.yaml").read_text())
-    net = dict(base["model"]["net"])
+    net = base["model"]["net"]
+    if isinstance(net, str):  # a net preset named by its path, relative to base.yaml
+        net = yaml.safe_load((preset("base.yaml").parent / net).read_text())
+    net = dict(net)
     rnet = recipe.get("model", {}).get("net", {})
     if rnet.get("class_path", net["class_path"]) != net["class_path"]:
         net = {"class_path": rnet["class_path"], "init_args": {}}

@@ -2,8 +2,8 @@
 
 Usage::
 
-    bus-mtl fit --config experiments/base.yaml --config experiments/data/busi.yaml \\
-        --config experiments/variants/seg_features_effnet.yaml
+    bus-mtl fit --config experiments/base.yaml --data.sources experiments/data/busi.yaml \\
+        --model.net experiments/variants/smp_unet.yaml
     bus-mtl fit --config ... --print_config          # the resolved config
     bus-mtl fit --config ... --ckpt_path last        # resume the latest run of that config
 
@@ -15,6 +15,8 @@ Beyond plain LightningCLI:
   configured; ``wandb sync`` uploads the run later);
 * ``--ckpt_path last`` finds the latest version of the run and logs into it again;
 * a ``RichProgressBar`` when the progress bar is on and none is configured;
+* a net or data-source preset given with ``--config`` (the 0.1 layout) is loaded as
+  ``--model.net`` / ``--data.sources``, with a note (:func:`bus_mtl.configs.component_args`);
 * the resolved config is saved (overwriting) beside the logs and in the W&B run config.
 """
 
@@ -33,6 +35,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer import Trainer
 
+from bus_mtl.configs import component_args
 from bus_mtl.data.datamodule import BUSDataModule
 from bus_mtl.data.errors import DataError
 from bus_mtl.training.callbacks import LoggedSaveConfigCallback
@@ -153,6 +156,7 @@ def build_cli(args: list[str], run: bool = True, ckpt_path: str | None = None) -
     there, so that a resumed run logs into its earlier version.
     """
     configure_wandb_environment()
+    args = component_args(args)
     # Our args always come from bus-mtl's own argv handling, not from a stray sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return BusMTLCLI(

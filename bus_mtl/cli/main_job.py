@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from bus_mtl.configs import preset
+from bus_mtl.configs import config_args, preset
 
 # What the printed summary of a recipe shows, and where each value sits in the YAML.
 RECIPE_KEYS = {
@@ -32,12 +32,14 @@ RECIPE_KEYS = {
 
 
 def read_recipe(name: str) -> dict[str, Any]:
-    """The summary values of ``experiments/recipes/<name>.yaml`` (``cpu`` or ``gpu``), with
-    ``budget_min`` = the minutes of its ``TimeBudget`` callback (``None`` without one)."""
+    """The summary values of ``experiments/recipes/<name>.yaml`` (``cpu`` or ``gpu``) over
+    ``base.yaml`` (a recipe states only what it changes), with ``budget_min`` = the minutes
+    of the recipe's ``TimeBudget`` callback (``None`` without one)."""
+    base = yaml.safe_load(preset("base.yaml").read_text())
     config = yaml.safe_load(preset(f"recipes/{name}.yaml").read_text())
     out: dict[str, Any] = {}
     for key, (group, field) in RECIPE_KEYS.items():
-        out[key] = (config.get(group) or {}).get(field)
+        out[key] = (config.get(group) or {}).get(field, (base.get(group) or {}).get(field))
     trainer = config.get("trainer") or {}
     callbacks = [*(trainer.get("callbacks") or []), *(trainer.get("callbacks+") or [])]
     out["budget_min"] = next(
@@ -70,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variant-config",
         default=None,
-        help="a variant preset applied after the recipe (default: the recipe's model, the "
-        "paper's best variant)",
+        help="a net preset (experiments/variants/<name>.yaml, loaded as --model.net) or a "
+        "config file applied after the recipe (default: the recipe's net, the paper's best "
+        "variant)",
     )
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     p.add_argument("--devices", default="1")
@@ -112,7 +115,7 @@ def _data_args(args: argparse.Namespace, image_size: int) -> tuple[list[str], st
     if args.data != "synthetic" and busi is not None and busi.is_dir():
         return (
             [
-                "--config",
+                "--data.sources",
                 str(preset("data/busi.yaml")),
                 f"--data.sources.init_args.root={busi}",
             ],
@@ -125,7 +128,7 @@ def _data_args(args: argparse.Namespace, image_size: int) -> tuple[list[str], st
     )
     return (
         [
-            "--config",
+            "--data.sources",
             str(preset("data/synthetic.yaml")),
             f"--data.sources.init_args.n={args.synthetic_n}",
             f"--data.sources.init_args.image_size={max(image_size, 64)}",
@@ -156,7 +159,7 @@ def build_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], lis
         *data_args,
         "--config",
         str(preset(f"recipes/{recipe_name}.yaml")),
-        *(["--config", args.variant_config] if args.variant_config else []),
+        *(config_args(args.variant_config) if args.variant_config else []),
         f"--seed_everything={args.seed}",
         f"--trainer.accelerator={accelerator}",
         f"--trainer.devices={args.devices}",
@@ -184,7 +187,7 @@ def build_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], lis
             )
             + f", batch {recipe['batch_size']} (the paper's recipe "
             "is 256 px, ~100 epochs on a GPU). Full recipe:\n"
-            "  bus-mtl fit --config experiments/base.yaml --config experiments/data/busi.yaml "
+            "  bus-mtl fit --config experiments/base.yaml --data.sources experiments/data/busi.yaml "
             "--config experiments/recipes/gpu.yaml --trainer.accelerator gpu\n"
             "  (or: bus-mtl main --accelerator gpu)"
         )

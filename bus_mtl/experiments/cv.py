@@ -78,6 +78,7 @@ from typing import Any
 
 import yaml
 
+from bus_mtl.configs import component_kind, config_args
 from bus_mtl.experiments.results import (
     CONFLICTS_CSV,
     binary_rows,
@@ -204,11 +205,23 @@ def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
+        kind = component_kind(p)
+        if kind == "sources":
+            args += ["--data.sources", str(p)]
+            continue
+        if kind is not None:  # a net preset: no data in it
+            continue
         data = yaml.safe_load(p.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config file must be a YAML mapping")
-        if "data" in data:
-            args += ["--config", yaml.safe_dump({"data": data["data"]})]
+        section = data.get("data")
+        if isinstance(section, dict):
+            sources = section.get("sources")
+            if isinstance(sources, str):
+                # A source preset named by its path, which is relative to the config file:
+                # the section is handed on as a string, so the path is made absolute here.
+                section = {**section, "sources": str((p.parent / sources).resolve())}
+            args += ["--config", yaml.safe_dump({"data": section})]
     args += [a for a in extra if a.startswith("--data.") or a.startswith("--data=")]
     return parser.instantiate_classes(parser.parse_args(args)).data
 
@@ -471,7 +484,7 @@ class FoldJob:
         """The fold's LightningCLI arguments (no sub-command; later ones win)."""
         args = []
         for cfg in self.configs:
-            args += ["--config", cfg]
+            args += config_args(cfg)  # --config, or --model.net/--data.sources for a preset
         return [
             *args,
             f"--seed_everything={self.seed}",

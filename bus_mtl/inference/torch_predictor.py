@@ -41,7 +41,9 @@ def load_checkpoint(
     ckpt_path: str | Path, image_size: int | None = None
 ) -> tuple[nn.Module, ModelInfo]:
     """Network (eval mode) and :class:`ModelInfo` from a training checkpoint."""
-    from bus_mtl.training import load_net
+    # From the models layer, not bus_mtl.training: inference needs no training stack. Imported
+    # here so that importing this module does not build the model zoo (MONAI, smp).
+    from bus_mtl.models.rebuild import load_net
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():

@@ -3,7 +3,9 @@
 Every variant is a plain ``nn.Module`` with a typed ``__init__(in_channels=1, num_classes=1,
 ..., pretrained=None)`` (so ``class_path: bus_mtl.models.<Class>`` works in LightningCLI
 YAML), attributes ``has_seg``, ``has_cls``, ``size_divisor``, and ``forward(x)`` returning
-:class:`MTLOutput`. Build one by name with :func:`create`.
+:class:`MTLOutput`. Build one by name with :func:`create`. Each records the arguments it was
+built with (``net.init_args``, by :class:`MTLNet`), from which :mod:`bus_mtl.models.rebuild`
+rebuilds it, e.g. out of a training checkpoint (``load_net``).
 """
 
 from bus_mtl.models.base import MTLNet, PretrainedPart

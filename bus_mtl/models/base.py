@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
+import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from torch import Tensor, nn
@@ -51,11 +56,26 @@ class MTLNet(nn.Module):
 
     Subclasses set ``has_seg``, ``has_cls`` and ``size_divisor`` and return
     :class:`MTLOutput` from ``forward``.
+
+    Every instance records the arguments it was built with as ``self.init_args`` (a dict of
+    every ``__init__`` parameter of its class, defaults included), before its ``__init__``
+    body runs: ``type(net)(**net.init_args)`` rebuilds the architecture, which is how a
+    checkpoint is turned back into a network (:func:`bus_mtl.models.rebuild.net_config`).
+    Subclasses need not do anything for it; the record is the outermost ``__init__``'s,
+    i.e. that of the class actually built, never that of the ``super().__init__`` calls.
     """
 
     has_seg: bool = True
     has_cls: bool = True
     size_divisor: int = 32
+    # {parameter: value} of the outermost __init__ call, set by _recording_init; None when
+    # that call cannot be replayed by keyword (extra positional ``*args``).
+    init_args: dict[str, Any] | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
 
     def __init__(self, in_channels: int = 1, num_classes: int = 1) -> None:
         super().__init__()
@@ -64,9 +84,13 @@ class MTLNet(nn.Module):
         self.num_classes = num_classes
 
     def store_init_args(self, arguments: dict[str, Any]) -> None:
-        """Keep the constructor arguments (call with ``locals()`` first thing in ``__init__``)
-        as ``self.init_args``, so checkpoints can rebuild the variant without its config."""
-        self.init_args = {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
+        """Deprecated no-op: MTLNet records every subclass's constructor arguments itself."""
+        warnings.warn(
+            f"{type(self).__name__}.store_init_args is deprecated and does nothing: MTLNet "
+            "records the constructor arguments itself (net.init_args); remove the call",
+            DeprecationWarning,
+            stacklevel=2,
+        )
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the shape when ``x`` is not B×C×H×W with H, W fitting."""
@@ -90,3 +114,55 @@ class MTLNet(nn.Module):
 
     def forward(self, x: Tensor) -> MTLOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _recordable(value: Any) -> Any:
+    # A path is recorded as the string it names: checkpoints hold plain values only
+    # (torch.load(weights_only=True) refuses a pickled PosixPath).
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` that first records its bound arguments (defaults applied) as ``init_args``,
+    unless an outer ``__init__`` of the same instance already did."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: MTLNet, *args: Any, **kwargs: Any) -> None:
+        # Written straight into __dict__: nn.Module.__init__ has not run yet, and it does not
+        # clear the dict, so the inner super().__init__ calls find the outer record here.
+        if "init_args" not in self.__dict__:
+            self.__dict__["init_args"] = _bind(signature, self, args, kwargs)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+def _bind(
+    signature: inspect.Signature, self: MTLNet, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """``{name: value}`` of one ``__init__`` call with defaults applied (``**kwargs``
+    flattened); ``None`` when it got extra positional ``*args``, which no keyword call
+    replays. A call that does not bind is left for ``__init__`` itself to reject."""
+    try:
+        bound = signature.bind(self, *args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    record: dict[str, Any] = {}
+    for i, (name, value) in enumerate(bound.arguments.items()):
+        kind = signature.parameters[name].kind
+        if i == 0:
+            continue  # self
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                return None
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            record.update({k: _recordable(v) for k, v in value.items()})
+        else:
+            record[name] = _recordable(value)
+    return record
+
+
+# MTLNet itself (built directly, or reached without a subclass __init__) records too.
+MTLNet.__init__ = _recording_init(MTLNet.__init__)  # type: ignore[method-assign]

@@ -106,7 +106,6 @@ class CrossStitch(MTLNet):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         self.model_name = model_name
         self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
         self.effnet = build_efficientnet(model_name, in_channels, num_classes)

@@ -49,7 +49,6 @@ class EfficientNetOnly(MTLNet):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         self.model_name = model_name
         self.effnet = build_efficientnet(model_name, in_channels, num_classes)
         apply_pretrained(self, pretrained)

@@ -72,7 +72,6 @@ class MaskGuidedCascade(MTLNet):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         self.model_name = model_name
         self.attention_pooling = attention_pooling
         self.detach_mask = detach_mask

@@ -90,7 +90,6 @@ class SegResNetEffNetFeatures(MTLNet):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         if feature_source not in FEATURE_SOURCES:
             raise ValueError(
                 f"feature_source must be one of {FEATURE_SOURCES}, got {feature_source!r}"

@@ -81,7 +81,6 @@ class SegResNetOnly(MTLNet):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
         apply_pretrained(self, pretrained)
 

@@ -51,7 +51,6 @@ class SharedEncoder(MTLNet):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         if hidden_dim < 1:
             raise ValueError(f"hidden_dim must be positive, got {hidden_dim!r}")
         check_probability("cls_dropout", cls_dropout)

@@ -102,7 +102,6 @@ class SMPUnet(_SMPComparator):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         self._build(encoder_name, cls_dropout, pretrained)
 
 
@@ -138,5 +137,4 @@ class SMPDeepLabV3Plus(_SMPComparator):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        self.store_init_args(locals())
         self._build(encoder_name, cls_dropout, pretrained)

@@ -17,9 +17,10 @@ Empty-mask policy (images without a lesion: normal images, or an empty predictio
   the fraction of all images where this happened (so a model cannot improve its HD95 by
   predicting nothing on hard images without it showing);
 * both non-empty -> the usual values; HD95 is the symmetric 95th-percentile Hausdorff
-  distance between the two mask contours in pixels, the same definition as MONAI's
+  distance between the two mask contours in pixels, computed by MONAI's
   ``compute_hausdorff_distance(percentile=95)`` (contour = mask XOR its binary erosion,
-  Euclidean distance, ``torch.quantile`` linear interpolation, maximum of both directions).
+  Euclidean distance, ``torch.quantile`` linear interpolation in float32, maximum of both
+  directions).
 
 Classification: AUC, accuracy, sensitivity, specificity, F1, balanced accuracy, ECE and
 Brier score for the malignant class, defined once in :func:`binary_metrics` (torchmetrics
@@ -42,11 +43,11 @@ the per-image CSVs (written with 9 significant digits) equal the logged ones.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.functional.classification import (
@@ -97,34 +98,38 @@ def _cat_state(state: list[Tensor] | Tensor, empty: Tensor) -> Tensor:
 def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     """Symmetric 95th-percentile Hausdorff distance in pixels between two H×W boolean masks.
 
-    Same definition as MONAI's ``compute_hausdorff_distance(percentile=95)``; NaN when either
-    mask is empty. Works on the bounding box of both masks (plus one pixel), which keeps it
-    fast on 256² images.
+    MONAI's ``compute_hausdorff_distance(percentile=95)`` (contour = mask XOR its binary
+    erosion, Euclidean distance between contour pixels, ``torch.quantile`` of each direction
+    in float32, the larger of the two), inside this module's empty-mask policy: NaN when
+    either mask is empty (MONAI would warn and give inf or NaN). Runs on the bounding box of
+    both masks (plus one pixel): the contours and distances are the same, and a 500×600
+    original-size BUSI mask is not converted and scanned in full.
     """
+    # Imported here: MONAI's metrics add about a second to the import of this module, which
+    # the cv summaries and temperature calibration use without ever needing HD95.
+    from monai.metrics import compute_hausdorff_distance
+
     if not pred.any() or not target.any():
         return float("nan")
     rows = np.flatnonzero((pred | target).any(axis=1))
     cols = np.flatnonzero((pred | target).any(axis=0))
-    # Crop with a 1-pixel margin; pixels outside the image count as background for the
-    # erosion, as in MONAI, so contours touching the border stay contours.
+    # Crop with a 1-pixel margin, clipped to the image: MONAI's erosion counts pixels outside
+    # the array as background, so a contour touching the image border stays a contour.
     box = (
         slice(max(rows[0] - 1, 0), rows[-1] + 2),
         slice(max(cols[0] - 1, 0), cols[-1] + 2),
     )
-    pred, target = pred[box], target[box]
-    edge_pred = pred ^ ndimage.binary_erosion(pred)
-    edge_target = target ^ ndimage.binary_erosion(target)
-    # Distance of every pixel to the nearest contour pixel of the other mask.
-    to_target = ndimage.distance_transform_edt(~edge_target)
-    to_pred = ndimage.distance_transform_edt(~edge_pred)
-    d_pred_to_target = torch.from_numpy(to_target[edge_pred])
-    d_target_to_pred = torch.from_numpy(to_pred[edge_target])
-    return float(
-        max(
-            torch.quantile(d_pred_to_target, 0.95),
-            torch.quantile(d_target_to_pred, 0.95),
+    with warnings.catch_warnings():
+        # MONAI (1.5, 1.6) passes its own deprecated ``always_return_as_numpy`` to
+        # ``get_mask_edges``; the FutureWarning is about MONAI's code, not ours.
+        warnings.filterwarnings("ignore", ".*always_return_as_numpy", FutureWarning)
+        value = compute_hausdorff_distance(
+            torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None],
+            torch.from_numpy(np.ascontiguousarray(target[box]))[None, None],
+            include_background=True,  # the single channel is the lesion, not a background
+            percentile=95,
         )
-    )
+    return float(value)
 
 
 def per_image_seg_metrics(
@@ -236,11 +241,13 @@ class SegmentationMetrics(Metric):
 
     ``update(mask_logits: B×1×H×W, target: B×1×H×W)`` takes logits (the prediction is
     ``sigmoid(logits) > threshold``). ``compute()`` returns ``{"dice", "iou", "hd95",
-    "hd95_undefined", "dice_lesion"}``: means over images (HD95 over the images where it is defined) and the
-    fraction of images with exactly one empty mask. ``accumulated()`` returns the
-    accumulated per-image values, ``last_per_image`` those of the latest ``update`` (what
-    ``test_step`` can return without computing HD95 twice), and the static
-    ``SegmentationMetrics.per_image(mask_logits, target, threshold)`` those of one batch.
+    "hd95_undefined", "dice_lesion"}``: means over images (HD95 over the images where it is
+    defined) and the fraction of images with exactly one empty mask. ``accumulated()``
+    returns the accumulated per-image values. A caller that needs a batch's per-image values
+    as well (``test_step``'s rows) takes them from ``per_image_values(mask_logits, target)``
+    (this metric's settings, state untouched) and adds them with ``update(per_image=...)``,
+    so HD95 is computed once; the static ``SegmentationMetrics.per_image(mask_logits,
+    target, threshold)`` gives those of one batch without a metric object.
 
     Args:
         threshold: probability threshold in (0, 1).
@@ -272,22 +279,60 @@ class SegmentationMetrics(Metric):
         self.with_hd95 = with_hd95
         for key in self._keys:
             self.add_state(key, default=[], dist_reduce_fx="cat")
-        self.last_per_image: dict[str, Tensor] | None = None
 
-    def update(self, mask_logits: Tensor, target: Tensor | list[Tensor]) -> None:
-        """``target``: B×1×H×W like the logits, or a list of B original-size H0×W0 masks
-        (the logits are then resized to each; see :func:`original_size_seg_metrics`)."""
+    def per_image_values(
+        self, mask_logits: Tensor, target: Tensor | list[Tensor]
+    ) -> dict[str, Tensor]:
+        """The per-image values ``update(mask_logits, target)`` would add, with this metric's
+        threshold, ``include_background`` and ``with_hd95``; the state is not touched.
+
+        Args:
+            mask_logits: B×1×H×W lesion logits.
+            target: B×1×H×W like the logits, or a list of B original-size H0×W0 masks (the
+                logits are then resized to each; see :func:`original_size_seg_metrics`).
+
+        Returns:
+            (B,) float32 tensors keyed as :func:`per_image_seg_metrics`.
+        """
         if isinstance(target, (list, tuple)):
-            values = original_size_seg_metrics(
+            return original_size_seg_metrics(
                 mask_logits, list(target), self.threshold, self.include_background, self.with_hd95
             )
-        else:
-            values = per_image_seg_metrics(
-                mask_logits, target, self.threshold, self.include_background, self.with_hd95
+        return per_image_seg_metrics(
+            mask_logits, target, self.threshold, self.include_background, self.with_hd95
+        )
+
+    def update(
+        self,
+        mask_logits: Tensor | None = None,
+        target: Tensor | list[Tensor] | None = None,
+        *,
+        per_image: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Add one batch: ``mask_logits`` and ``target`` as :meth:`per_image_values` takes
+        them, or ``per_image``, the batch's values :meth:`per_image_values` already gave (a
+        dict of (B,) tensors with at least the keys ``dice``, ``iou``, ``hd95``,
+        ``mask_area``, ``target_area``)."""
+        if per_image is None:
+            if mask_logits is None or target is None:
+                raise ValueError(
+                    "SegmentationMetrics.update needs mask_logits and target, or per_image."
+                )
+            per_image = self.per_image_values(mask_logits, target)
+        elif mask_logits is not None or target is not None:
+            raise ValueError(
+                "SegmentationMetrics.update takes mask_logits and target, or per_image, not both."
             )
+        missing = [key for key in self._keys if key not in per_image]
+        if missing:
+            raise ValueError(
+                f"per_image lacks {missing}: expected per_image_values' keys {list(self._keys)}."
+            )
+        shapes = {key: tuple(per_image[key].shape) for key in self._keys}
+        if len(set(shapes.values())) != 1 or len(shapes["dice"]) != 1:
+            raise ValueError(f"per_image values must be (B,) tensors of one length, got {shapes}.")
         for key in self._keys:
-            getattr(self, key).append(values[key])
-        self.last_per_image = values
+            getattr(self, key).append(per_image[key])
 
     @staticmethod
     def per_image(

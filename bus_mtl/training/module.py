@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -11,8 +12,16 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 
-from bus_mtl.training.checkpoint import build_metadata, net_config
+from bus_mtl.models.rebuild import (
+    UnrecordedNetError,
+    build_net,
+    checkpoint_net_config,
+    is_plain_value,
+    net_config,
+)
+from bus_mtl.training.checkpoint import build_metadata
 from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss
 from bus_mtl.training.metrics import ClassificationMetrics, SegmentationMetrics
 from bus_mtl.training.reproducibility import collect_rng_states, seed_epoch, set_rng_states
@@ -22,7 +31,6 @@ STAGES = ("train", "val", "test")
 # Per-image segmentation values of a test row, and the keys SegmentationMetrics.compute gives.
 SEG_ROW_KEYS = ("dice", "iou", "hd95", "mask_area")
 SEG_SUMMARY_KEYS = ("dice", "iou", "hd95", "hd95_undefined", "dice_lesion")
-_MODULE_ARGS = ("net", "seg_loss", "cls_loss", "weighting", "optimizer", "scheduler")
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -142,12 +150,19 @@ class MultiTaskModule(pl.LightningModule):
         self.has_cls = bool(getattr(net, "has_cls", True))
         if not (self.has_seg or self.has_cls):
             raise ValueError(f"{type(net).__name__} has neither a mask nor a class head")
-        # Under LightningCLI the hparams are the sub-configs (class_path + init_args): kept, so
-        # load_from_checkpoint can rebuild everything. Outside it they would be module
-        # instances, pickled a second time beside the state_dict.
-        cli_hparams = _cli_hparams()
-        self.save_hyperparameters(ignore=None if cli_hparams is not None else list(_MODULE_ARGS))
-        self.net_config = net_config(net, cli_hparams)
+        try:
+            # The net's own record (MTLNet writes it): checkpoint["bus_mtl"] and
+            # hyper_parameters["net"] both come from it, in and out of the LightningCLI.
+            self.net_config: dict[str, Any] | None = net_config(net)
+        except UnrecordedNetError as err:
+            warnings.warn(
+                f"{err}; until then, checkpoints of this run will not rebuild with "
+                "load_net, MultiTaskModule.load_from_checkpoint or bus-mtl predict/export",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.net_config = None
+        self._save_hparams(self.net_config)
         self.net = net
         self.num_classes = int(getattr(net, "num_classes", 1))
         self.seg_loss = (seg_loss or DiceBCELoss()) if self.has_seg else None
@@ -173,20 +188,38 @@ class MultiTaskModule(pl.LightningModule):
         self.threshold_rule = "fixed"
         # (n_benign, n_malignant[, n_normal]) of the fold's training part, set in setup().
         self.class_counts: list[int] | None = None
-        for stage in STAGES:
-            # HD95 runs on the CPU: computing it every training step would stall the GPU.
-            seg = (
-                SegmentationMetrics(threshold=threshold, with_hd95=stage != "train")
-                if self.has_seg
-                else None
+        # One collection per stage, cloned from one template: ``compute()`` merges the
+        # members' dicts under the stage's prefix (``val/dice``, ``val/auc``, ...). The seg and
+        # cls keys must never collide: MetricCollection would then rename every key. A head
+        # the net lacks gets no member. No compute groups: the seg and cls members never
+        # share a state, so comparing their states after the first update would be wasted.
+        members: dict[str, Metric] = {}
+        if self.has_seg:
+            members["seg"] = SegmentationMetrics(threshold=threshold)
+        if self.has_cls:
+            members["cls"] = ClassificationMetrics(
+                num_classes=self.num_classes, threshold=threshold
             )
-            cls = ClassificationMetrics(num_classes=self.num_classes, threshold=threshold)
-            setattr(self, f"{stage}_seg_metrics", seg)
-            setattr(self, f"{stage}_cls_metrics", cls if self.has_cls else None)
-        # Test segmentation at each image's original size (the batch's ``orig_mask``); the
-        # working-resolution figures above are then logged beside them as ``*_input``.
-        self.test_seg_orig_metrics = (
-            SegmentationMetrics(threshold=threshold) if self.has_seg else None
+        template = MetricCollection(members, compute_groups=False)
+        # Keys "<stage>_metrics": nn.ModuleDict refuses "train", the name of nn.Module.train.
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": template.clone(prefix=f"{stage}/") for stage in STAGES}
+        )
+        if self.has_seg:
+            # HD95 runs on the CPU: computing it every training step would stall the GPU.
+            self.stage_metrics("train")["seg"].with_hd95 = False
+        # Test segmentation at each image's original size (the batch's ``orig_mask``), logged
+        # as ``test/dice`` & co.; the test stage's working-resolution figures are then logged
+        # beside them as ``test/dice_input`` & co. A collection of its own: in the test one,
+        # its keys would collide with the working-resolution ones.
+        self.orig_size_metrics = (
+            MetricCollection(
+                {"seg": SegmentationMetrics(threshold=threshold)},
+                prefix="test/",
+                compute_groups=False,
+            )
+            if self.has_seg
+            else None
         )
         self._compiled: nn.Module | None = None
         self._pending_rng_states: tuple[int, dict[str, Any]] | None = None
@@ -266,7 +299,20 @@ class MultiTaskModule(pl.LightningModule):
             losses["cls"] = self.cls_loss(out.logits.float(), batch["label"])
         return losses
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[Any, Tensor]:
+    def stage_metrics(self, stage: str) -> MetricCollection:
+        """The metrics of ``stage`` (train, val or test): members ``seg``
+        (:class:`SegmentationMetrics`, at the working resolution) and ``cls``
+        (:class:`ClassificationMetrics`) for the heads the net has, keys ``{stage}/...``."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
+        return self.metrics[f"{stage}_metrics"]
+
+    def _shared_step(
+        self, batch: dict[str, Any], stage: str
+    ) -> tuple[Any, Tensor, dict[str, Tensor] | None]:
+        """Forward, losses and their logs, metric updates. Returns the net's output, the
+        weighted total loss and the per-image segmentation values the metrics were given
+        (:meth:`_update_metrics`)."""
         out = self(batch["image"])
         losses = self._losses(out, batch)
         total, weights = self.weighting(losses)
@@ -286,53 +332,56 @@ class MultiTaskModule(pl.LightningModule):
                 on_epoch=False,
                 batch_size=bs,
             )
-        self._update_metrics(stage, out, batch)
-        return out, total
+        seg_values = self._update_metrics(stage, out, batch)
+        return out, total, seg_values
 
-    def _update_metrics(self, stage: str, out: Any, batch: dict[str, Any]) -> None:
-        seg = getattr(self, f"{stage}_seg_metrics")
-        cls = getattr(self, f"{stage}_cls_metrics")
-        if seg is not None and out.mask is not None:
-            seg.update(out.mask.detach().float(), batch["mask"])
-        if cls is not None and out.logits is not None:
-            cls.update(out.logits.detach().float() / self.temperature, batch["label"])
+    def _update_metrics(
+        self, stage: str, out: Any, batch: dict[str, Any]
+    ) -> dict[str, Tensor] | None:
+        """Add the batch to ``stage``'s metrics. Returns the per-image segmentation values
+        added (``SegmentationMetrics.per_image_values``: (B,) tensors, HD95 NaN for the
+        training stage), ``None`` without a mask; ``test_step`` puts them in its rows, so
+        HD95 is computed once per image."""
+        metrics = self.stage_metrics(stage)
+        seg_values = None
+        if "seg" in metrics and out.mask is not None:
+            seg = metrics["seg"]
+            seg_values = seg.per_image_values(out.mask.detach().float(), batch["mask"])
+            seg.update(per_image=seg_values)
+        if "cls" in metrics and out.logits is not None:
+            metrics["cls"].update(out.logits.detach().float() / self.temperature, batch["label"])
+        return seg_values
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        values: dict[str, Tensor] = {}
-        for kind in ("seg", "cls"):
-            metric = getattr(self, f"{stage}_{kind}_metrics")
-            if metric is not None and metric.update_called:
-                values.update(metric.compute())
-                metric.reset()
-        orig = self.test_seg_orig_metrics if stage == "test" else None
-        if orig is not None and orig.update_called:
+        values = _compute_and_reset(self.stage_metrics(stage))
+        orig = self.orig_size_metrics if stage == "test" else None
+        orig_values = _compute_and_reset(orig) if orig is not None else {}
+        if orig_values:
             # Reported at the original size; the working-resolution figures stay beside
             # them, labelled ``*_input``.
-            seg_keys = [k for k in values if k in SEG_SUMMARY_KEYS]
-            values.update({f"{k}_input": values.pop(k) for k in seg_keys})
-            values.update(orig.compute())
-            orig.reset()
+            input_res = {f"{stage}/{k}" for k in SEG_SUMMARY_KEYS}
+            values = {(f"{k}_input" if k in input_res else k): v for k, v in values.items()}
+            values.update(orig_values)
         if not values:
             return
-        score_parts = [values[k] for k in ("dice", "auc") if k in values]
+        score_parts = [values[f"{stage}/{k}"] for k in ("dice", "auc") if f"{stage}/{k}" in values]
         if score_parts:
             # One number to select checkpoints by: both tasks count when both heads exist.
-            values["score"] = torch.stack([torch.as_tensor(v).float() for v in score_parts]).mean()
+            values[f"{stage}/score"] = torch.stack(
+                [torch.as_tensor(v).float() for v in score_parts]
+            ).mean()
         # Values come from synced torchmetrics states already.
-        self.log_dict(
-            {f"{stage}/{k}": torch.as_tensor(v).float() for k, v in values.items()},
-            prog_bar=False,
-        )
+        self.log_dict({k: torch.as_tensor(v).float() for k, v in values.items()}, prog_bar=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        _, total = self._shared_step(batch, "train")
+        _, total, _ = self._shared_step(batch, "train")
         return total
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        out, _ = self._shared_step(batch, "val")
+        out, _, _ = self._shared_step(batch, "val")
         return self._outputs(out, batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -340,22 +389,26 @@ class MultiTaskModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         # Test decisions use the operating point fitted on validation, never one fitted here.
-        if self.test_cls_metrics is not None:
-            self.test_cls_metrics.threshold = float(self.decision_threshold)
+        metrics = self.stage_metrics("test")
+        if "cls" in metrics:
+            metrics["cls"].threshold = float(self.decision_threshold)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        out, _ = self._shared_step(batch, "test")
-        row = self._per_image(out, batch)
-        orig = self.test_seg_orig_metrics
+        out, _, seg_values = self._shared_step(batch, "test")
+        row = self._per_image(out, batch, seg_values)
+        orig = self.orig_size_metrics
         if out.mask is not None and orig is not None and "orig_mask" in batch:
-            orig.update(out.mask.detach().float(), batch["orig_mask"])
+            seg = orig["seg"]
+            orig_values = seg.per_image_values(out.mask.detach().float(), batch["orig_mask"])
+            seg.update(per_image=orig_values)
             # The per-image rows report what the summary reports: the original size.
             row.update({f"{k}_input": row[k] for k in SEG_ROW_KEYS})
-            row.update({k: orig.last_per_image[k] for k in SEG_ROW_KEYS})
+            row.update({k: orig_values[k] for k in SEG_ROW_KEYS})
         return row
 
     def on_test_epoch_end(self) -> None:
-        if self.test_cls_metrics is not None and self.test_cls_metrics.update_called:
+        metrics = self.stage_metrics("test")
+        if "cls" in metrics and metrics["cls"].update_called:
             # Say which operating point the sensitivity/specificity/accuracy were taken at.
             self.log("test/decision_threshold", self.decision_threshold.float())
         self._log_epoch_metrics("test")
@@ -384,8 +437,12 @@ class MultiTaskModule(pl.LightningModule):
             "label": batch["label"],
         }
 
-    def _per_image(self, out: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        """The per-image values of the contract (see ARCHITECTURE.md, ``test_step``)."""
+    def _per_image(
+        self, out: Any, batch: dict[str, Any], seg_values: dict[str, Tensor] | None
+    ) -> dict[str, Any]:
+        """The per-image values of the contract (see ARCHITECTURE.md, ``test_step``);
+        ``seg_values``: the batch's per-image segmentation values the test metrics were
+        given (HD95 is not cheap), ``None`` without a mask."""
         bs = batch["image"].shape[0]
         device = batch["image"].device
         nan = torch.full((bs,), float("nan"), device=device)
@@ -401,10 +458,8 @@ class MultiTaskModule(pl.LightningModule):
             "hd95": nan,
             "mask_area": nan,
         }
-        seg = self.test_seg_metrics
-        if out.mask is not None and seg is not None and seg.last_per_image is not None:
-            # The values test metrics just computed for this batch (HD95 is not cheap).
-            row.update({k: seg.last_per_image[k] for k in SEG_ROW_KEYS})
+        if seg_values is not None:
+            row.update({k: seg_values[k] for k in SEG_ROW_KEYS})
         return row
 
     # ------------------------------------------------------------------ optimisation
@@ -437,6 +492,42 @@ class MultiTaskModule(pl.LightningModule):
         }
 
     # ------------------------------------------------------------------ checkpoints
+    def _save_hparams(self, net_config: dict[str, Any] | None) -> None:
+        """``self.hparams``: the constructor's plain arguments, ``net`` as its record.
+
+        Lightning saves what the LightningCLI gave (``class_path``/``init_args`` sub-configs
+        of the losses, weighting, optimizer and scheduler, which ``load_from_checkpoint``
+        re-instantiates) or, outside it, the argument values themselves. Values that are not
+        plain data (module instances, the default optimizer function) are in the state_dict
+        already, or are code: they are left out, so a checkpoint loads with
+        ``torch.load(weights_only=True)``. The net is saved as ``net_config``, the record
+        ``checkpoint["bus_mtl"]`` holds too, never as Lightning sees the argument.
+        """
+        frame = inspect.currentframe().f_back  # __init__'s: Lightning reads its arguments
+        with warnings.catch_warnings():
+            # Outside the CLI the values are modules, dropped below; no advice to ignore them.
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=["net"], frame=frame)
+        unplain = [k for k, v in self.hparams.items() if not is_plain_value(v)]
+        # The second call drops those from the saved and the initial hparams (what loggers
+        # record) alike, and adds the net's record.
+        self.save_hyperparameters({"net": net_config}, ignore=unplain, frame=frame)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, *args: Any, **kwargs: Any
+    ) -> MultiTaskModule:
+        """Lightning's ``load_from_checkpoint``, the net rebuilt from ``checkpoint["bus_mtl"]``
+        (unless ``net=`` is given) with its weight sources (``pretrained``,
+        ``encoder_weights``) set to ``None``: the checkpoint's weights replace them, and the
+        file or download they name need not exist here. The same rebuild as ``load_net``, for
+        checkpoints of every version, written by the LightningCLI or not."""
+        if "net" not in kwargs:
+            meta = _checkpoint_meta(checkpoint_path)
+            if meta is not None:
+                kwargs["net"] = build_net(checkpoint_net_config(meta, str(checkpoint_path)))
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         checkpoint["bus_mtl"] = build_metadata(self, datamodule)
@@ -476,6 +567,29 @@ class MultiTaskModule(pl.LightningModule):
         self._apply_pending_rng_states()  # mid-epoch checkpoint: best effort
 
 
+def _compute_and_reset(collection: MetricCollection) -> dict[str, Tensor]:
+    """``collection.compute()`` (keys prefixed, e.g. ``val/dice``), then ``reset()``.
+
+    Only the members that saw an update this epoch are computed: a head whose output was
+    ``None`` logs nothing rather than NaN (which would also make ``score`` NaN); ``{}`` when
+    none did (a stage that ran no batch).
+    """
+    updated = {
+        name: metric
+        for name, metric in collection.items(keep_base=True, copy_state=False)
+        if metric.update_called
+    }
+    if not updated:
+        return {}
+    if len(updated) < len(collection):
+        # The same metric objects in a collection of their own, named as the full one.
+        values = MetricCollection(updated, prefix=collection.prefix, compute_groups=False).compute()
+    else:
+        values = collection.compute()
+    collection.reset()
+    return values
+
+
 def _wants_auto(loss: nn.Module | None) -> bool:
     from bus_mtl.training.losses import AUTO
 
@@ -484,10 +598,20 @@ def _wants_auto(loss: nn.Module | None) -> bool:
     )
 
 
-def _cli_hparams() -> dict[str, Any] | None:
-    """The config dict LightningCLI instantiates this module from, ``None`` outside the CLI."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # pragma: no cover - private API moved; fall back to introspection
-        return None
-    return _given_hyperparameters.get()
+def _checkpoint_meta(checkpoint_path: Any) -> dict[str, Any] | None:
+    """``checkpoint["bus_mtl"]`` of a path, URL or open file (left where it was), ``None``
+    when the checkpoint has none (Lightning then builds the net from its hparams)."""
+    if hasattr(checkpoint_path, "read"):
+        position = checkpoint_path.tell()
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        checkpoint_path.seek(position)
+    elif os.path.isfile(checkpoint_path):
+        # mmap: only the metadata is needed here; Lightning reads the tensors next.
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    else:
+        from lightning.fabric.utilities.cloud_io import get_filesystem
+
+        with get_filesystem(checkpoint_path).open(str(checkpoint_path), "rb") as f:
+            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    meta = checkpoint.get("bus_mtl") if isinstance(checkpoint, dict) else None
+    return dict(meta) if isinstance(meta, dict) else None

@@ -91,8 +91,7 @@ def reliability_diagram(
     it); returns the ECE, the one the training logs report (:func:`reliability_bins`).
 
     Labels other than 0/1 and NaN probabilities are dropped. The one diagram of the project:
-    ``bus-mtl cv`` draws it for the pooled out-of-fold probabilities and
-    ``bus_mtl.inference.calibration`` re-exports it.
+    ``bus-mtl cv`` draws it for the pooled out-of-fold probabilities.
     """
     import matplotlib
 

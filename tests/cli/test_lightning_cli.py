@@ -40,9 +40,9 @@ def test_print_config_resolves_every_variant_with_linked_channels(variant, capsy
             "fit",
             "--config",
             str(EXPERIMENTS / "base.yaml"),
-            "--config",
+            "--data.sources",
             str(EXPERIMENTS / "data" / "busi.yaml"),
-            "--config",
+            "--model.net",
             str(EXPERIMENTS / "variants" / f"{variant}.yaml"),
             "--print_config",
         ]
@@ -51,7 +51,7 @@ def test_print_config_resolves_every_variant_with_linked_channels(variant, capsy
     config = yaml.safe_load(capsys.readouterr().out)
     variant_yaml = yaml.safe_load((EXPERIMENTS / "variants" / f"{variant}.yaml").read_text())
     net = config["model"]["net"]
-    assert net["class_path"] == variant_yaml["model"]["net"]["class_path"]
+    assert net["class_path"] == variant_yaml["class_path"]
     # in_channels / num_classes come from the data module (link_arguments), not the YAML.
     assert "in_channels" not in net["init_args"] and "num_classes" not in net["init_args"]
     assert config["data"]["sources"]["class_path"] == "bus_mtl.data.BUSISource"
@@ -65,7 +65,7 @@ def test_fast_dev_run_on_base_yaml(tmp_path, synthetic_root):
             "--config",
             str(EXPERIMENTS / "base.yaml"),
             *tiny_data_args(synthetic_root),
-            "--config",
+            "--model.net",
             str(EXPERIMENTS / "variants" / "shared_encoder.yaml"),
             "--model.net.init_args.init_filters=8",
             "--trainer.fast_dev_run=true",
@@ -162,6 +162,31 @@ def test_cli_checkpoint_rebuilds_with_load_net(quickstart_run):
     assert meta["net_init_args"]["in_channels"] == 1
     assert meta["net_init_args"]["num_classes"] == 1
     assert meta["temperature"] > 0 and meta["image_size"] == 64
+
+
+def test_cli_checkpoint_hparams_hold_the_net_record_and_reload(quickstart_run):
+    """Under the CLI too, hyper_parameters["net"] is the net's own record (the one the
+    metadata holds, linked in_channels included); the other sub-configs stay for
+    ``MultiTaskModule.load_from_checkpoint``, which rebuilds the net like ``load_net``."""
+    import torch
+
+    from bus_mtl.training import MultiTaskModule
+
+    last = quickstart_run["log_dir"] / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    meta, hparams = checkpoint["bus_mtl"], checkpoint["hyper_parameters"]
+    assert hparams["net"] == {
+        "class_path": meta["net_class_path"],
+        "init_args": meta["net_init_args"],
+    }
+    assert hparams["net"]["init_args"]["in_channels"] == 1
+    assert hparams["optimizer"]["class_path"] == "torch.optim.AdamW"
+    module = MultiTaskModule.load_from_checkpoint(last).eval()
+    net, _ = load_net(last)
+    image = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(module.net(image).logits, net(image).logits)
+    assert float(module.temperature) == pytest.approx(meta["temperature"])
 
 
 def test_test_subcommand_writes_per_image_csv(quickstart_run, synthetic_root, tmp_path):

@@ -26,7 +26,9 @@ class FakeClock(Callback):
 
 
 @pytest.mark.parametrize("cap, expected", [(50, 5), (3, 3)])
-def test_budget_plans_epochs_and_ends_the_cosine(tmp_path, synthetic_root, monkeypatch, cap, expected):
+def test_budget_plans_epochs_and_ends_the_cosine(
+    tmp_path, synthetic_root, monkeypatch, cap, expected
+):
     clock = FakeClock(val_s=1.0)
     monkeypatch.setattr(budget_mod, "_now", lambda: clock.t)
     dm = make_datamodule(synthetic_root, batch_size=6)

@@ -110,7 +110,6 @@ def calibrated_run(tmp_path_factory, synthetic_root):
     root = tmp_path_factory.mktemp("calibrated")
     pl.seed_everything(5)
     net = SharedEncoder(init_filters=8, hidden_dim=16)
-    net.init_args = {"init_filters": 8, "hidden_dim": 16}
     module = MultiTaskModule(net, log_images=2)
     ckpt = ModelCheckpoint(dirpath=root / "ckpt", monitor="val/score", mode="max", save_last=True)
     trainer = pl.Trainer(

@@ -101,8 +101,8 @@ def test_empty_mask_policy() -> None:
     pred = torch.cat([empty, PRED_2x2, empty, PRED_2x2])
     true = torch.cat([empty, empty, TRUE_2x2, TRUE_2x2])
     metric = SegmentationMetrics()
-    metric.update(_logits(pred), true)
-    per = metric.last_per_image
+    per = metric.per_image_values(_logits(pred), true)
+    metric.update(per_image=per)
     # both empty -> 1, 1, NaN; false detection / missed lesion -> 0, 0, NaN; normal case
     assert _nan_equal(per["dice"], torch.tensor([1.0, 0.0, 0.0, 2 / 3]))
     assert _nan_equal(per["iou"], torch.tensor([1.0, 0.0, 0.0, 0.5]))
@@ -175,6 +175,44 @@ def test_segmentation_metrics_bad_input() -> None:
         SegmentationMetrics().update(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="B×1×H×W"):
         SegmentationMetrics().update(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="not both"):
+        SegmentationMetrics().update(
+            _logits(PRED_2x2),
+            TRUE_2x2,
+            per_image=per_image_seg_metrics(_logits(PRED_2x2), TRUE_2x2),
+        )
+    with pytest.raises(ValueError, match="mask_logits and target, or per_image"):
+        SegmentationMetrics().update(_logits(PRED_2x2))
+    with pytest.raises(ValueError, match="lacks \\['target_area'\\]"):
+        SegmentationMetrics().update(
+            per_image={k: torch.zeros(2) for k in ("dice", "iou", "hd95", "mask_area")}
+        )
+    with pytest.raises(ValueError, match="one length"):
+        values = {k: torch.zeros(2) for k in ("dice", "iou", "hd95", "mask_area")}
+        SegmentationMetrics().update(per_image={**values, "target_area": torch.zeros(3)})
+
+
+def test_precomputed_per_image_values_update_like_logits() -> None:
+    # update(per_image=metric.per_image_values(...)) accumulates what update(logits, target)
+    # does, at the working resolution and for original-size targets alike.
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 1, 16, 16, generator=g) * 4
+    target = (torch.rand(3, 1, 16, 16, generator=g) > 0.6).float()
+    originals = [(torch.rand(20 + 3 * i, 30, generator=g) > 0.6).float() for i in range(3)]
+    for tgt in (target, originals):
+        direct, precomputed = SegmentationMetrics(threshold=0.6), SegmentationMetrics(threshold=0.6)
+        direct.update(logits, tgt)
+        values = precomputed.per_image_values(logits, tgt)
+        assert precomputed.accumulated()["dice"].numel() == 0  # the state is not touched
+        precomputed.update(per_image=values)
+        for key, value in direct.accumulated().items():
+            assert _nan_equal(precomputed.accumulated()[key], value), key
+        for key, value in direct.compute().items():
+            assert _nan_equal(precomputed.compute()[key], value), key
+    # with_hd95=False (the training stage) leaves HD95 NaN in the values handed back.
+    assert torch.isnan(
+        SegmentationMetrics(with_hd95=False).per_image_values(logits, target)["hd95"]
+    ).all()
 
 
 def _logit(p: float) -> float:

@@ -57,14 +57,12 @@ def make_trainer(root: Path, max_epochs: int = 1, **kwargs) -> pl.Trainer:
 
 
 def tiny_net(cls=SharedEncoder, **kwargs):
-    """A small variant that records its init args (as LightningCLI-built nets are recorded)."""
+    """A small variant (it records its init args itself, as every MTLNet does)."""
     if cls is not EfficientNetOnly:
         kwargs.setdefault("init_filters", 8)
     if cls is SharedEncoder:
         kwargs.setdefault("hidden_dim", 16)
-    net = cls(**kwargs)
-    net.init_args = dict(kwargs)
-    return net
+    return cls(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +162,60 @@ def test_load_net_rejects_a_foreign_checkpoint(tmp_path):
         load_net(path)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_net(tmp_path / "missing.ckpt")
+
+
+def test_hparams_and_metadata_hold_the_same_net_record(fitted):
+    module = fitted["module"]
+    checkpoint = load_checkpoint(fitted["ckpt"].last_model_path)  # weights_only: plain values
+    meta, hparams = checkpoint["bus_mtl"], checkpoint["hyper_parameters"]
+    record = {"class_path": meta["net_class_path"], "init_args": meta["net_init_args"]}
+    assert hparams["net"] == record == module.net_config == net_config(module.net)
+    # Outside the CLI a module instance (the weighting) or function (the default optimizer)
+    # is left out: it is in the state_dict, or is code; a None default stays.
+    assert "weighting" not in hparams and "optimizer" not in hparams
+    assert hparams["seg_loss"] is None and hparams["cls_loss"] is None
+    assert hparams["threshold"] == 0.5 and module.hparams_initial["net"] == record
+
+
+def test_load_from_checkpoint_rebuilds_without_weight_sources(fitted, tmp_path):
+    """``MultiTaskModule.load_from_checkpoint`` and ``load_net`` rebuild from the metadata,
+    with ``pretrained`` nulled (its file is gone), also for a checkpoint of before the net
+    was in the hparams."""
+    checkpoint = load_checkpoint(fitted["ckpt"].last_model_path)
+    checkpoint["bus_mtl"]["net_init_args"]["pretrained"] = str(tmp_path / "gone.pt")
+    del checkpoint["hyper_parameters"]["net"]  # as the checkpoints of before the record
+    path = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, path)
+    # Outside the CLI the hparams hold no loss or weighting: a trained one is passed again.
+    loaded = MultiTaskModule.load_from_checkpoint(path, weighting=UncertaintyWeighting())
+    net, _ = load_net(path)
+    dm, module = fitted["dm"], fitted["module"]
+    batch = dm.normalize_batch(next(iter(dm.val_dataloader())))
+    module.eval()
+    loaded.eval()
+    with torch.no_grad():
+        expected = module.net(batch["image"])
+        for got in (loaded.net(batch["image"]), net(batch["image"])):
+            torch.testing.assert_close(got.logits, expected.logits)
+            torch.testing.assert_close(got.mask, expected.mask)
+    assert loaded.net.init_args["pretrained"] is None
+    torch.testing.assert_close(loaded.temperature, module.temperature)
+    torch.testing.assert_close(
+        loaded.weighting.log_vars["seg"], module.weighting.log_vars["seg"].detach()
+    )
+
+
+def test_load_net_names_the_fix_for_a_net_without_a_record(fitted, tmp_path):
+    checkpoint = load_checkpoint(fitted["ckpt"].last_model_path)
+    checkpoint["bus_mtl"]["net_init_args"] = None  # a plain nn.Module's run
+    path = tmp_path / "plain_net.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(
+        ValueError, match=r"plain_net.ckpt.*no constructor arguments.*SharedEncoder"
+    ):
+        load_net(path)
+    with pytest.raises(ValueError, match="load_state_dict"):
+        MultiTaskModule.load_from_checkpoint(path)
 
 
 def test_predict_step_applies_temperature(fitted):
@@ -289,25 +341,38 @@ def test_bad_arguments_name_the_argument():
         MultiTaskModule(tiny_net(), warmup_epochs=-1)
 
 
-def test_net_config_reads_init_args_outside_the_cli():
+def test_net_config_is_the_record_the_net_made_of_its_constructor_call():
     net = EfficientNetOnly(model_name="efficientnet-b1")
-    config = net_config(net)  # every argument is an attribute or at its default
+    config = net_config(net)  # every parameter, defaults included, as the call bound them
     assert config["class_path"] == "bus_mtl.models.efficientnet.EfficientNetOnly"
+    assert config["init_args"] == net.init_args
     assert config["init_args"]["model_name"] == "efficientnet-b1"
     assert config["init_args"]["pretrained"] is None
-    net.init_args = {"model_name": "efficientnet-b1"}
-    assert net_config(net)["init_args"] == {"model_name": "efficientnet-b1"}
+    assert {"in_channels", "num_classes"} <= set(config["init_args"])
 
 
 class _Hidden(torch.nn.Module):
+    has_seg = False
+
     def __init__(self, width: int = 4) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(width, 1)  # width not stored anywhere
 
+    def forward(self, x):  # pragma: no cover - never run
+        return self.layer(x)
 
-def test_net_config_warns_when_args_cannot_be_recovered():
-    with pytest.warns(UserWarning, match="init arguments cannot be read back"):
+
+def test_a_plain_module_is_named_with_the_fix_not_guessed():
+    with pytest.raises(ValueError, match=r"_Hidden records no constructor arguments.*MTLNet"):
         net_config(_Hidden(width=8))
+    # MultiTaskModule still trains it, and says its checkpoints will not rebuild.
+    with pytest.warns(UserWarning, match="will not rebuild with load_net"):
+        module = MultiTaskModule(_Hidden(width=8))
+    assert module.net_config is None and module.hparams["net"] is None
+    # Set by hand, init_args is the record like any MTLNet's.
+    hidden = _Hidden(width=8)
+    hidden.init_args = {"width": 8}
+    assert net_config(hidden)["init_args"] == {"width": 8}
 
 
 def test_warmup_cosine_schedule_by_hand():
@@ -330,3 +395,33 @@ def test_malignancy_probability_for_one_and_three_logits():
     torch.testing.assert_close(malignancy_probability(logit), torch.sigmoid(logit[:, 0]))
     three = torch.tensor([[0.0, 0.0, 0.0], [0.0, math.log(2.0), 0.0]])
     torch.testing.assert_close(malignancy_probability(three), torch.tensor([1 / 3, 0.5]))
+
+
+def test_stage_metrics_are_prefixed_clones_per_head():
+    """One collection per stage (keys ``{stage}/...``), members only for the heads the net
+    has, HD95 off for training; an epoch logs only the members that saw an update."""
+    from bus_mtl.training.metrics import BINARY_METRICS
+    from bus_mtl.training.module import _compute_and_reset
+
+    module = MultiTaskModule(tiny_net())
+    stages = {stage: module.stage_metrics(stage) for stage in ("train", "val", "test")}
+    assert len({id(m["seg"]) for m in stages.values()}) == 3  # clones, not one shared metric
+    assert [m.prefix for m in stages.values()] == ["train/", "val/", "test/"]
+    assert not stages["train"]["seg"].with_hd95
+    assert stages["val"]["seg"].with_hd95 and stages["test"]["seg"].with_hd95
+    assert module.orig_size_metrics.prefix == "test/"
+    # Metric states stay out of checkpoints (a checkpoint holds the weights, never a
+    # half-accumulated epoch).
+    assert not [k for k in module.state_dict() if "metrics." in k]
+    val = stages["val"]
+    val["cls"].update(torch.tensor([[2.0], [-1.0]]), torch.tensor([1, 0]))
+    values = _compute_and_reset(val)  # the mask head saw nothing: no NaN val/dice
+    assert set(values) == {f"val/{k}" for k in BINARY_METRICS}
+    assert not val["cls"].update_called and _compute_and_reset(val) == {}
+    with pytest.raises(ValueError, match="'fit'"):
+        module.stage_metrics("fit")
+    cls_only = MultiTaskModule(tiny_net(EfficientNetOnly))
+    assert set(cls_only.stage_metrics("val").keys(keep_base=True)) == {"cls"}
+    assert cls_only.orig_size_metrics is None
+    seg_only = MultiTaskModule(tiny_net(SegResNetOnly))
+    assert set(seg_only.stage_metrics("test").keys(keep_base=True)) == {"seg"}

@@ -201,7 +201,6 @@ class NaNAtCall(torch.nn.Module):
 def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_path, synthetic_root):
     pl.seed_everything(0)
     net = SharedEncoder(init_filters=8, hidden_dim=16)
-    net.init_args = {"init_filters": 8, "hidden_dim": 16}
     module = MultiTaskModule(net, seg_loss=NaNAtCall(nan_at=4))  # NaN at global step 4
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
     trainer = pl.Trainer(
