@@ -185,7 +185,7 @@ def test_busi_udiat_preset_reads_udiat_root_from_env(
     from bus_mtl.data.sources.base import Source
 
     preset = Path(__file__).resolve().parents[2] / "experiments" / "data" / "busi_udiat.yaml"
-    config = yaml.safe_load(preset.read_text())["data"]["sources"]
+    config = yaml.safe_load(preset.read_text())  # a source preset: class_path + init_args
     config["init_args"]["sources"][0]["init_args"]["root"] = str(busi_tree)
     parser = ArgumentParser()
     parser.add_argument("--sources", type=Source)
