@@ -20,7 +20,10 @@ nets are randomly initialised (latency does not depend on the weights). With
 ``--ckpt VARIANT=PATH`` that variant's network is the checkpoint's, and each deployed form's
 accuracy is gated against it on BUSI fold ``--fold``'s test part (Dice and AUC at each
 image's original size, the checkpoint's own input size): the table gives the change in
-points. Writes ``inference.csv`` and ``inference.json`` to ``--out``.
+points. A checkpoint trained with test-time augmentation (``model.tta: hflip``) runs with it
+in every form, eager included (the image and its mirror as one batch of 2, as its export
+does), so the ratios compare like with like; the table marks such a variant ``+hflip``.
+Writes ``inference.csv`` and ``inference.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Row:
     delta_dice: float = float("nan")  # points (0-100 scale), deployed - eager
     delta_auc: float = float("nan")
     gate: str = ""  # "passed" / "FAILED" / "" (no checkpoint)
+    tta: str = "none"  # the checkpoint's test-time augmentation, in every form
     times_ms: list[float] = field(default_factory=list, repr=False)
 
 
@@ -112,6 +116,8 @@ def _load_net(variant: str, ckpt: str | None):
         return create(variant).eval(), None
     from bus_mtl.inference.torch_predictor import load_checkpoint
 
+    # With the checkpoint's test-time augmentation (FlipTTA), as its export has it: eager and
+    # deployed forms then do the same work.
     net, info = load_checkpoint(ckpt)
     if info.variant and info.variant != variant:
         raise ValueError(f"--ckpt {variant}={ckpt}: the checkpoint is a {info.variant!r} model")
@@ -179,6 +185,7 @@ def prepare_variant(
     facts = {
         "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
         "max_abs_diff": max(fp32.max_abs_diff.values()),
+        "tta": info.tta,
     }
     return fns, facts
 
@@ -239,8 +246,9 @@ def format_table(rows: list[Row]) -> str:
             if r.gate
             else f"{'':>6} {'':>6} {'':>6}"
         )
+        name = r.variant if r.tta == "none" else f"{r.variant}+{r.tta}"
         lines.append(
-            f"{r.variant:<20} {FORM_LABELS[r.form]:<40} {r.params_M:>6.2f}M "
+            f"{name:<20} {FORM_LABELS[r.form]:<40} {r.params_M:>6.2f}M "
             f"{r.median_ms:>6.1f} ms {r.p25_ms:>5.0f}-{r.p75_ms:<5.0f}ms {r.min_ms:>5.1f} ms "
             f"{r.speedup:>8.2f}x {acc}"
         )
@@ -423,6 +431,7 @@ def main(argv: list[str]) -> int:
             p75_ms=float(q[1]),
             min_ms=min(ts),
             times_ms=[round(t, 3) for t in ts],
+            tta=facts[variant]["tta"],
         )
         g = gates.get(variant, {}).get(form)
         if g is not None:
@@ -467,6 +476,7 @@ def main(argv: list[str]) -> int:
         "gate_images": len(samples) if samples is not None else None,
         "atol": args.atol,
         "max_abs_diff_fp32": {v: f["max_abs_diff"] for v, f in facts.items()},
+        "tta": {v: f["tta"] for v, f in facts.items()},
     }
     print()
     print(
@@ -485,6 +495,12 @@ def main(argv: list[str]) -> int:
             f"({meta['gate_images']} images, each checkpoint at its own input size); gate: "
             "both within 0.5"
         )
+    for variant, f in facts.items():
+        if f["tta"] != "none":
+            print(
+                f"{variant}+{f['tta']}: its checkpoint's test-time augmentation ({f['tta']}) runs "
+                "in every form, eager included: 2 forward passes (one batch of 2) per image"
+            )
     print(format_table(rows))
     for line in goal_lines(rows) + goal_lines(rows, "min_ms"):
         print(line)

@@ -11,7 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bus-mtl export",
         description="Export a training checkpoint to ONNX or TorchScript with its "
-        "preprocessing facts (size, normalisation, temperature, threshold, class names), "
+        "preprocessing facts (size, normalisation, temperature, threshold, class names) and "
+        "its test-time augmentation (model.tta: hflip is part of the exported graph), "
         "checked against PyTorch on sample inputs. --quantize int8 writes an int8 "
         "static-quantised ONNX model calibrated on training images; --check runs the "
         "accuracy gate (Dice and AUC on a BUSI fold's test part within --tolerance points "
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
         f"{info.image_size}, mean {info.mean:.4f}, std {info.std:.4f}, temperature "
         f"{info.temperature:.4f}, mask threshold {info.threshold:g}, malignancy threshold "
         f"{info.class_threshold:.4f} ({info.threshold_rule or 'fixed'}), classes "
-        f"{list(info.class_names)}"
+        f"{list(info.class_names)}, test-time augmentation {info.tta}"
     )
     if not args.check:
         return 0

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         choices=("none", "flip"),
         default="none",
-        help="test-time augmentation: average with the horizontal mirror",
+        help="test-time augmentation: average with the horizontal mirror (a checkpoint or "
+        "export trained with model.tta: hflip already does, in the network: there it is "
+        "always on and this option adds nothing)",
     )
     p.add_argument(
         "--threshold",

@@ -1,5 +1,12 @@
 """Export a trained network to ONNX or TorchScript with its preprocessing facts, checked
-against PyTorch on sample inputs."""
+against PyTorch on sample inputs.
+
+A checkpoint trained with test-time augmentation (``checkpoint["bus_mtl"]["tta"] ==
+"hflip"``) is exported with it: the graph runs the image and its mirror as one batch of 2
+and averages the logits (:class:`~bus_mtl.models.FlipTTA`), and the metadata records
+``tta``, so a ``Predictor`` needs nothing extra to compute what the checkpoint was validated
+and calibrated with.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ class ExportReport:
 
     def __str__(self) -> str:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs_diff.items())
+        if self.info.tta != "none":
+            diffs += f" (test-time augmentation {self.info.tta} in the graph)"
         if self.precision != "fp32":
             return (
                 f"wrote {self.precision} {self.format} model {self.path} (quantised from an fp32 "
@@ -75,8 +84,16 @@ def _check_parity(
 
 
 def _prepare(net: nn.Module, info: ModelInfo) -> tuple[nn.Module, list[str]]:
-    from bus_mtl.models import export_wrapper
+    from bus_mtl.models import export_wrapper, tta_of
 
+    if tta_of(net) != info.tta:
+        # The metadata would describe another model than the graph: a Predictor would apply a
+        # temperature and threshold fitted on other logits.
+        raise ValueError(
+            f"the network runs test-time augmentation {tta_of(net)!r} but the metadata says "
+            f"tta={info.tta!r}; wrap the net with bus_mtl.models.with_tta(net, {info.tta!r}) "
+            "(export_checkpoint does) or give the info tta matching the net"
+        )
     wrapper = export_wrapper(net.eval().cpu().float()).eval()
     names = list(wrapper.output_names)
     if names != info.output_names:
@@ -197,8 +214,10 @@ def export_checkpoint(
     fold: int = 0,
     calibration: list[np.ndarray] | None = None,
 ) -> ExportReport:
-    """Export a training checkpoint; the temperature, threshold, normalisation and class
-    names come from its ``bus_mtl`` metadata.
+    """Export a training checkpoint; the temperature, threshold, normalisation, class names
+    and test-time augmentation come from its ``bus_mtl`` metadata (a ``"hflip"`` checkpoint
+    is exported with the flip average in its graph, parity-checked against the eager
+    :class:`~bus_mtl.models.FlipTTA`).
 
     Args:
         ckpt_path: Lightning checkpoint written by ``MultiTaskModule``.

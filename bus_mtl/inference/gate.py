@@ -126,7 +126,20 @@ def check_accuracy(
     what: str = "deployed",
     reference_scores: Scores | None = None,
 ) -> GateReport:
-    """Score ``reference`` (eager) and ``deployed`` on ``samples``; compare."""
+    """Score ``reference`` (eager) and ``deployed`` on ``samples``; compare.
+
+    Both must run the same test-time augmentation (``info.tta``): the gate isolates what
+    deployment changed, and a model without the checkpoint's TTA is another model
+    (``ValueError`` naming both and the fix).
+    """
+    ref_tta = getattr(getattr(reference, "info", None), "tta", "none")
+    dep_tta = getattr(getattr(deployed, "info", None), "tta", "none")
+    if ref_tta != dep_tta:
+        raise ValueError(
+            f"the eager model runs test-time augmentation {ref_tta!r} but the deployed one "
+            f"({what}) {dep_tta!r}: re-export the checkpoint (bus-mtl export --ckpt ...), which "
+            "puts its TTA into the exported graph"
+        )
     ref = reference_scores if reference_scores is not None else evaluate(reference, samples)
     return GateReport(ref, evaluate(deployed, samples), tolerance, what)
 
@@ -187,7 +200,8 @@ def gate_model(
     num_threads: int | None = None,
 ) -> GateReport:
     """The accuracy gate of an exported ONNX model against its training checkpoint run
-    eagerly in PyTorch, on ``samples`` (e.g. :func:`load_fold_samples` of fold 0's test)."""
+    eagerly in PyTorch, on ``samples`` (e.g. :func:`load_fold_samples` of fold 0's test).
+    The eager model includes the checkpoint's test-time augmentation, as the export does."""
     from bus_mtl.inference.predictor import Predictor
     from bus_mtl.inference.torch_predictor import TorchPredictor
 
@@ -195,4 +209,6 @@ def gate_model(
     deployed = Predictor(model_path, num_threads=num_threads)
     precision = getattr(deployed, "precision", "fp32")
     what = f"{Path(model_path).name}: {precision} at {deployed.info.image_size}px"
+    if deployed.info.tta != "none":
+        what += f", TTA {deployed.info.tta}"
     return check_accuracy(eager, deployed, samples, tolerance, what)

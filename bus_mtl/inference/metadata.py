@@ -15,6 +15,9 @@ METADATA_KEY = "bus_mtl"
 INPUT_NAME = "image"
 MASK_OUTPUT = "mask"
 LOGITS_OUTPUT = "logits"
+# Test-time augmentation modes, as bus_mtl.models.tta.TTA_MODES (repeated: this module must
+# not import torch; a test checks that both agree).
+TTA_MODES = ("none", "hflip")
 
 
 def _default_class_names(num_classes: int) -> tuple[str, ...]:
@@ -41,6 +44,9 @@ class ModelInfo:
         class_names: names of the class indices (K = 1: index 0 = benign, 1 = malignant).
         variant: ``bus_mtl.models`` variant name.
         has_seg, has_cls: which outputs the network has.
+        tta: the test-time augmentation inside the model (``"hflip"``: its graph averages
+            the image and its left-right mirror, as the checkpoint was validated and
+            calibrated); ``"none"`` for exports from before it existed.
         bus_mtl_version: the library version that wrote the export.
     """
 
@@ -57,6 +63,7 @@ class ModelInfo:
     variant: str = ""
     has_seg: bool = True
     has_cls: bool = True
+    tta: str = "none"
     bus_mtl_version: str = ""
 
     def __post_init__(self) -> None:
@@ -78,6 +85,11 @@ class ModelInfo:
             )
         if not (self.has_seg or self.has_cls):
             raise ValueError("a model needs a segmentation or a classification output")
+        if self.tta not in TTA_MODES:
+            raise ValueError(
+                f"tta must be one of {TTA_MODES}, got {self.tta!r}: the metadata was written by "
+                "a newer bus_mtl (upgrade it) or edited by hand"
+            )
         names = tuple(self.class_names) or _default_class_names(self.num_classes)
         if len(names) < max(2, self.num_classes):
             raise ValueError(

@@ -94,7 +94,10 @@ class BasePredictor:
         """Predict one image: a file path, or an array (H×W grey or H×W×3 RGB).
 
         With ``tta`` (default: the predictor's setting) the image and its horizontal mirror
-        are both run and their probabilities averaged (the mirrored mask flipped back).
+        are both run and their probabilities averaged (the mirrored mask flipped back). A
+        model with its own test-time augmentation (``info.tta == "hflip"``: exported from a
+        checkpoint trained with ``model.tta: hflip``) already does that in its graph, with
+        logits; ``tta`` then adds nothing (its outputs are mirror-symmetric) and is skipped.
 
         Raises:
             ImageReadError: a path that cannot be read (the message names it).
@@ -105,6 +108,9 @@ class BasePredictor:
     def predict_gray(self, gray: np.ndarray, tta: bool = False) -> PredictionResult:
         """Predict an H×W uint8 grey image (the decoded file)."""
         info = self.info
+        # The model's own flip TTA is mirror-equivariant: a second mirror would be run for
+        # the same numbers.
+        tta = tta and info.tta == "none"
         mask_logits, logits = self._run(preprocess(gray, info, hflip=tta))
         mask = mask_prob = area = found = None
         if info.has_seg:

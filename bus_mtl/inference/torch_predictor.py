@@ -18,7 +18,9 @@ def info_from_checkpoint_meta(
     meta: dict[str, Any], net: nn.Module, image_size: int | None = None
 ) -> ModelInfo:
     """:class:`ModelInfo` from ``checkpoint["bus_mtl"]`` plus the network's head flags;
-    ``image_size`` overrides (or fills in) the stored input size."""
+    ``image_size`` overrides (or fills in) the stored input size. ``tta`` is the
+    checkpoint's (``"none"`` when it has none): ``net`` must run it
+    (``load_inference_net`` wraps it so; :class:`TorchPredictor` and the exporters check)."""
     from bus_mtl import __version__
 
     data = dict(meta)
@@ -33,6 +35,7 @@ def info_from_checkpoint_meta(
     data["has_cls"] = bool(getattr(net, "has_cls", True))
     data.setdefault("in_channels", getattr(net, "in_channels", 1))
     data.setdefault("num_classes", getattr(net, "num_classes", 1))
+    data["tta"] = data.get("tta") or "none"  # checkpoints from before TTA
     data["bus_mtl_version"] = __version__
     return ModelInfo.from_dict(data)
 
@@ -40,15 +43,18 @@ def info_from_checkpoint_meta(
 def load_checkpoint(
     ckpt_path: str | Path, image_size: int | None = None
 ) -> tuple[nn.Module, ModelInfo]:
-    """Network (eval mode) and :class:`ModelInfo` from a training checkpoint."""
+    """Network (eval mode) and :class:`ModelInfo` from a training checkpoint: the network as
+    the checkpoint was validated and calibrated, i.e. wrapped in its test-time augmentation
+    (``checkpoint["bus_mtl"]["tta"]``), so eager predictions, exports and the accuracy gate
+    all compute what the fitted temperature and threshold apply to."""
     # From the models layer, not bus_mtl.training: inference needs no training stack. Imported
     # here so that importing this module does not build the model zoo (MONAI, smp).
-    from bus_mtl.models.rebuild import load_net
+    from bus_mtl.models.rebuild import load_inference_net
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-    net, meta = load_net(ckpt_path)
+    net, meta = load_inference_net(ckpt_path)
     return net.eval(), info_from_checkpoint_meta(meta, net, image_size)
 
 
@@ -56,11 +62,13 @@ class TorchPredictor(BasePredictor):
     """Predict with a PyTorch network; pre/postprocessing shared with the ONNX Predictor.
 
     Args:
-        net: a ``bus_mtl.models`` network returning ``MTLOutput``.
+        net: a ``bus_mtl.models`` network returning ``MTLOutput``; wrapped in
+            :class:`~bus_mtl.models.FlipTTA` when ``info.tta == "hflip"`` (checked).
         info: its preprocessing facts.
         threshold: mask probability threshold (default: ``info.threshold``); given alone it
             also sets the malignancy decision threshold.
-        tta: average with the horizontal mirror by default.
+        tta: average the probabilities with the horizontal mirror by default (skipped when
+            the network has its own TTA, ``info.tta``).
         device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
         decision_threshold: malignancy decision threshold (default: the fitted one,
             ``info.class_threshold``).
@@ -75,6 +83,15 @@ class TorchPredictor(BasePredictor):
         device: str | torch.device = "cpu",
         decision_threshold: float | None = None,
     ) -> None:
+        from bus_mtl.models.tta import tta_of
+
+        if tta_of(net) != info.tta:
+            raise ValueError(
+                f"the network runs test-time augmentation {tta_of(net)!r} but its metadata "
+                f"says tta={info.tta!r}: the temperature and threshold were fitted with "
+                f"{info.tta!r}; wrap the net with bus_mtl.models.with_tta(net, {info.tta!r}) "
+                "(TorchPredictor.from_checkpoint and load_inference_net do)"
+            )
         super().__init__(info, threshold=threshold, tta=tta, decision_threshold=decision_threshold)
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)

@@ -5,7 +5,8 @@ Every variant is a plain ``nn.Module`` with a typed ``__init__(in_channels=1, nu
 YAML), attributes ``has_seg``, ``has_cls``, ``size_divisor``, and ``forward(x)`` returning
 :class:`MTLOutput`. Build one by name with :func:`create`. Each records the arguments it was
 built with (``net.init_args``, by :class:`MTLNet`), from which :mod:`bus_mtl.models.rebuild`
-rebuilds it, e.g. out of a training checkpoint (``load_net``).
+rebuilds it, e.g. out of a training checkpoint (``load_net``). :class:`FlipTTA` (``with_tta``)
+wraps a net in horizontal-flip test-time augmentation.
 """
 
 from bus_mtl.models.base import MTLNet, PretrainedPart
@@ -28,15 +29,18 @@ from bus_mtl.models.seg_features_effnet import SegResNetEffNetFeatures
 from bus_mtl.models.segresnet import SegResNetOnly
 from bus_mtl.models.shared_encoder import SharedEncoder
 from bus_mtl.models.smp_comparators import SMPDeepLabV3Plus, SMPUnet
+from bus_mtl.models.tta import TTA_MODES, FlipTTA, check_tta, hflip_average, tta_of, with_tta
 
 __all__ = [
     "BEST_VARIANT",
+    "TTA_MODES",
     "VALID_MODEL_NAMES",
     "VARIANTS",
     "CrossStitch",
     "CrossStitchUnit",
     "EfficientNetOnly",
     "ExportWrapper",
+    "FlipTTA",
     "MTLNet",
     "MTLOutput",
     "MaskGuidedCascade",
@@ -46,12 +50,16 @@ __all__ = [
     "SegResNetEffNetFeatures",
     "SegResNetOnly",
     "SharedEncoder",
+    "check_tta",
     "count_parameters",
     "create",
     "export_output_names",
     "export_wrapper",
+    "hflip_average",
     "list_variants",
     "prepare_for_export",
+    "tta_of",
     "variant_class",
     "variant_name",
+    "with_tta",
 ]

@@ -6,6 +6,12 @@ variant (the bound arguments of the constructor that built it, defaults included
 ``checkpoint["bus_mtl"]`` (``net_class_path``, ``net_init_args``) and as the module's
 ``hyper_parameters["net"]``, and :func:`build_net` / :func:`load_net` turn it back into a
 network. This module sits below training and inference, so both rebuild nets the same way.
+
+:func:`load_net` gives the bare trained net (its weights, e.g. to fine-tune or inspect);
+:func:`load_inference_net` gives the network as the checkpoint's module evaluated it
+(validation, test, predict, calibration): the bare net wrapped in the test-time augmentation
+recorded in ``checkpoint["bus_mtl"]["tta"]`` (:mod:`bus_mtl.models.tta`). Inference and export
+use the latter, so a deployed model computes what the checkpoint was validated with.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from bus_mtl.models.tta import check_tta, with_tta
 
 # Init arguments that load weights from elsewhere: the checkpoint's state_dict replaces them,
 # and the file or download they name may not exist where the checkpoint is used.
@@ -148,8 +156,16 @@ def checkpoint_net_config(meta: dict[str, Any], ckpt_path: str | Path = "") -> d
     return {"class_path": class_path, "init_args": dict(init_args)}
 
 
+def checkpoint_tta(meta: dict[str, Any], ckpt_path: str | Path = "") -> str:
+    """The test-time augmentation of ``checkpoint["bus_mtl"]``: ``"none"`` or ``"hflip"``;
+    checkpoints from before the key existed were evaluated without one (``"none"``)."""
+    where = f"{ckpt_path}: " if ckpt_path else ""
+    return check_tta(meta.get("tta", "none"), what=f"{where}checkpoint['bus_mtl']['tta']")
+
+
 def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained net from a checkpoint's metadata alone, in eval mode.
+    """Rebuild the trained net from a checkpoint's metadata alone, in eval mode: the *bare*
+    net, without the checkpoint's test-time augmentation (:func:`load_inference_net` adds it).
 
     Returns ``(net, meta)`` where ``meta`` is ``checkpoint["bus_mtl"]`` (see ARCHITECTURE.md):
     variant, class path, init args, channels, classes, image size, normalisation, class
@@ -168,3 +184,16 @@ def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return net.eval(), meta
+
+
+def load_inference_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network as the checkpoint's module evaluated it, in eval mode, and its metadata.
+
+    :func:`load_net`'s net, wrapped in the checkpoint's test-time augmentation
+    (``meta["tta"]``: ``"hflip"`` -> :class:`~bus_mtl.models.tta.FlipTTA`; ``"none"`` or
+    absent, as in checkpoints from before TTA -> the bare net). Its temperature and decision
+    threshold were fitted on these outputs, so predictors and exports use this network.
+    Returns ``(net, meta)``; ``ValueError`` naming an unknown ``tta``.
+    """
+    net, meta = load_net(ckpt_path)
+    return with_tta(net, checkpoint_tta(meta, ckpt_path)).eval(), meta

@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "MultiTaskModule": "bus_mtl.training.module",
     "load_net": "bus_mtl.training.checkpoint",
+    "load_inference_net": "bus_mtl.training.checkpoint",
     "load_checkpoint": "bus_mtl.training.checkpoint",
     "FiniteLossGuard": "bus_mtl.training.callbacks",
     "LoggedSaveConfigCallback": "bus_mtl.training.callbacks",

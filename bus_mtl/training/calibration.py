@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_roc
 
+from bus_mtl.models.tta import with_tta
 from bus_mtl.training.checkpoint import net_state_dict
 from bus_mtl.training.metrics import ECE_BINS, MALIGNANT, brier_score, calibration_error
 
@@ -158,6 +159,11 @@ def collect_logits(net: nn.Module, loader: Any, device: torch.device) -> tuple[T
     return torch.cat(logits), torch.cat(labels)
 
 
+def _evaluated(pl_module: pl.LightningModule, net: nn.Module) -> nn.Module:
+    """``net`` as ``pl_module`` evaluates it: in its test-time augmentation, if any."""
+    return with_tta(net, getattr(pl_module, "tta", "none"))
+
+
 class _StepBatches:
     """A loader's batches as the steps see them: through the datamodule's
     ``normalize_batch`` (its loaders yield uint8 images, normalised once, here)."""
@@ -186,6 +192,10 @@ class TemperatureCalibration(Callback):
     temperature hits its search bound or the logits are (near) constant: then a small ECE
     only says that every probability equals the prevalence. Skipped for segmentation-only
     nets and under ``fast_dev_run``.
+
+    The logits are the module's evaluated ones: with its test-time augmentation
+    (``MultiTaskModule(tta="hflip")``: the mean over the image and its mirror), since the
+    temperature and threshold are applied to exactly those at test and inference time.
 
     Args:
         max_iter: LBFGS iterations.
@@ -297,7 +307,7 @@ class TemperatureCalibration(Callback):
         device = pl_module.device
         default = float(pl_module.threshold)
         try:
-            current = self._fit(pl_module.net, loader, device, default)
+            current = self._fit(_evaluated(pl_module, pl_module.net), loader, device, default)
         except ValueError:
             return  # no labelled validation image: nothing to calibrate on
         pl_module.temperature.fill_(current["temperature"])
@@ -326,7 +336,9 @@ class TemperatureCalibration(Callback):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             net = copy.deepcopy(pl_module.net)
             net.load_state_dict(net_state_dict(checkpoint))
-            fitted = self._fit(net, loader, device, float(pl_module.threshold))
+            fitted = self._fit(
+                _evaluated(pl_module, net), loader, device, float(pl_module.threshold)
+            )
             meta = checkpoint.setdefault("bus_mtl", {})
             for key in ("temperature", "decision_threshold"):
                 checkpoint["state_dict"][key] = torch.tensor(fitted[key])

@@ -13,6 +13,7 @@ from bus_mtl.data.sample import CLASS_NAMES
 from bus_mtl.models.rebuild import (
     class_path_of,
     load_checkpoint,
+    load_inference_net,
     load_net,
     net_config,
     net_state_dict,
@@ -22,6 +23,7 @@ __all__ = [
     "build_metadata",
     "class_path_of",
     "load_checkpoint",
+    "load_inference_net",
     "load_net",
     "net_config",
     "net_state_dict",
@@ -60,4 +62,7 @@ def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
         "train_class_counts": module.class_counts,
         "has_seg": bool(module.has_seg),
         "has_cls": bool(module.has_cls),
+        # The test-time augmentation the fitted temperature/threshold and every validation
+        # and test metric were computed with: inference must evaluate the net the same way.
+        "tta": str(getattr(module, "tta", "none")),
     }

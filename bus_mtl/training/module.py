@@ -6,7 +6,7 @@ import inspect
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -21,6 +21,7 @@ from bus_mtl.models.rebuild import (
     is_plain_value,
     net_config,
 )
+from bus_mtl.models.tta import FlipTTA, check_tta, hflip_average, with_tta
 from bus_mtl.training.checkpoint import build_metadata
 from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss
 from bus_mtl.training.metrics import ClassificationMetrics, SegmentationMetrics
@@ -121,6 +122,12 @@ class MultiTaskModule(pl.LightningModule):
         compile: run the net through ``torch.compile``.
         channels_last: channels-last memory format on GPU (ignored on CPU).
         log_images: how many validation images the ``ValidationImages`` callback draws.
+        tta: test-time augmentation of every evaluation of the net: ``"none"``, or
+            ``"hflip"``: the mean of the logits on the image and on its left-right mirror
+            (:class:`~bus_mtl.models.tta.FlipTTA`). Training steps never use it; validation,
+            test and predict steps, ``TemperatureCalibration`` (so the temperature and the
+            decision threshold are fitted on the outputs they are applied to) and every
+            predictor or export of a checkpoint (``checkpoint["bus_mtl"]["tta"]``) do.
 
     Shapes: ``batch["image"]`` B×C×H×W, ``batch["mask"]`` B×1×H×W, ``batch["label"]`` (B,).
     """
@@ -138,8 +145,15 @@ class MultiTaskModule(pl.LightningModule):
         compile: bool = False,
         channels_last: bool = True,
         log_images: int = 4,
+        tta: Literal["none", "hflip"] = "none",
     ) -> None:
         super().__init__()
+        check_tta(tta)
+        if isinstance(net, FlipTTA):
+            raise ValueError(
+                "MultiTaskModule got a FlipTTA-wrapped net: pass the bare net and "
+                "tta='hflip', so training steps run the net alone and checkpoints rebuild it"
+            )
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
         if warmup_epochs < 0:
@@ -181,6 +195,7 @@ class MultiTaskModule(pl.LightningModule):
         self.compile = compile
         self.channels_last = channels_last
         self.log_images = log_images
+        self.tta = str(tta)
         self.register_buffer("temperature", torch.ones(()))
         # Image-level decision threshold on the calibrated malignancy probability; fitted on
         # the validation part by TemperatureCalibration (Youden's J by default).
@@ -275,8 +290,13 @@ class MultiTaskModule(pl.LightningModule):
     def _use_channels_last(self) -> bool:
         return self.channels_last and self.device.type == "cuda"
 
-    def forward(self, image: Tensor) -> Any:
-        """B×C×H×W normalised image -> ``MTLOutput(mask=B×1×H×W | None, logits=B×K | None)``."""
+    def forward(self, image: Tensor, tta: bool | None = None) -> Any:
+        """B×C×H×W normalised image -> ``MTLOutput(mask=B×1×H×W | None, logits=B×K | None)``.
+
+        ``tta``: apply the module's test-time augmentation (``self.tta``; nothing when it is
+        ``"none"``); ``None``: when the module is in eval mode. Training steps pass
+        ``False``; validation, test and predict steps ``True``.
+        """
         if image.dtype == torch.uint8:
             raise TypeError(
                 "MultiTaskModule got a uint8 image: BUSDataModule's loaders yield raw pixels, "
@@ -287,7 +307,16 @@ class MultiTaskModule(pl.LightningModule):
         if self._use_channels_last():
             image = image.contiguous(memory_format=torch.channels_last)
         net = self._compiled if self._compiled is not None else self.net
+        if tta is None:
+            tta = not self.training
+        if tta and self.tta == "hflip":
+            return hflip_average(net, image)
         return net(image)
+
+    def eval_net(self, net: nn.Module | None = None) -> nn.Module:
+        """The network as this module evaluates it: ``net`` (default: ``self.net``) wrapped
+        in the module's test-time augmentation (:func:`~bus_mtl.models.tta.with_tta`)."""
+        return with_tta(self.net if net is None else net, self.tta)
 
     # ------------------------------------------------------------------ steps
     def _losses(self, out: Any, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -313,7 +342,8 @@ class MultiTaskModule(pl.LightningModule):
         """Forward, losses and their logs, metric updates. Returns the net's output, the
         weighted total loss and the per-image segmentation values the metrics were given
         (:meth:`_update_metrics`)."""
-        out = self(batch["image"])
+        # Training sees the net alone; every evaluation its test-time augmentation.
+        out = self(batch["image"], tta=stage != "train")
         losses = self._losses(out, batch)
         total, weights = self.weighting(losses)
         bs = batch["image"].shape[0]
@@ -414,7 +444,7 @@ class MultiTaskModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        out = self(batch["image"])
+        out = self(batch["image"], tta=True)
         bs = batch["image"].shape[0]
         nan = torch.full((bs,), float("nan"), device=batch["image"].device)
         return {

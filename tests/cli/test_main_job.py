@@ -123,6 +123,7 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     assert "wandb sync" in out and "test/dice" in out
     net, meta = load_net(best)
     assert meta["variant"] == "seg_features_effnet" and meta["image_size"] == 64
+    assert meta["tta"] == "hflip"  # the CPU recipe evaluates with flip TTA
     (wandb_line,) = [line for line in out.splitlines() if line.startswith("W&B run (offline):")]
     assert os.path.isdir(wandb_line.split(":", 1)[1].strip())
 
