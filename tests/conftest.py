@@ -100,3 +100,15 @@ def conflicting_busi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save("benign", 9, *phantoms[4][:2])  # benign (3)
     save("normal", 3, phantoms[8][0], np.zeros((64, 64), np.uint8))  # benign (5)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of tiny nets: on a shared 2-core machine a second
+    OpenMP thread mostly spins. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -19,14 +19,7 @@ from bus_mtl.models.rebuild import load_net
 
 from .conftest import IMAGE_SIZE, TEMPERATURE
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # A small net on a shared 2-core machine: a second OpenMP thread mostly spins.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from bus_mtl.training.losses import BCEClassLoss
 from bus_mtl.training.module import MultiTaskModule
 from tests.training.test_module import make_datamodule, make_trainer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny nets on a shared 2-core machine: a second OpenMP thread only spins.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pair(seed: int = 0) -> tuple[MultiTaskModule, MultiTaskModule]:
