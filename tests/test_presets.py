@@ -240,7 +240,7 @@ def test_wheel_carries_the_package_and_its_presets(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in configs.available():
         assert f"bus_mtl/presets/{name}" in names
-    assert not any(n.endswith((".sh", ".json")) for n in names if "/presets/" in n)
+    assert not any(n.endswith((".sh", ".json", ".py")) for n in names if "/presets/" in n)
 
     # 2. A fresh environment: the wheel alone, its dependencies borrowed from this one.
     env_dir = tmp_path / "env"
