@@ -23,6 +23,9 @@ image's original size, the checkpoint's own input size): the table gives the cha
 points. A checkpoint trained with test-time augmentation (``model.tta: hflip``) runs with it
 in every form, eager included (the image and its mirror as one batch of 2, as its export
 does), so the ratios compare like with like; the table marks such a variant ``+hflip``.
+``--net-tta none`` times (and gates) the single pass of such a checkpoint instead, with the
+operating point fitted for it: the deployment that trades the mirror's accuracy for half
+the latency (``bus-mtl export --tta none``).
 Writes ``inference.csv`` and ``inference.json`` to ``--out``.
 """
 
@@ -106,19 +109,19 @@ def interleaved(
     return times
 
 
-def _load_net(variant: str, ckpt: str | None):
+def _load_net(variant: str, ckpt: str | None, net_tta: str | None = None):
     import torch
 
-    from bus_mtl.models import create
+    from bus_mtl.models import create, with_tta
 
     if ckpt is None:
         torch.manual_seed(0)
-        return create(variant).eval(), None
+        return with_tta(create(variant), net_tta or "none").eval(), None
     from bus_mtl.inference.torch_predictor import load_checkpoint
 
     # With the checkpoint's test-time augmentation (FlipTTA), as its export has it: eager and
-    # deployed forms then do the same work.
-    net, info = load_checkpoint(ckpt)
+    # deployed forms then do the same work. net_tta: another mode's network and operating point.
+    net, info = load_checkpoint(ckpt, net_tta=net_tta)
     if info.variant and info.variant != variant:
         raise ValueError(f"--ckpt {variant}={ckpt}: the checkpoint is a {info.variant!r} model")
     return net.eval(), info
@@ -134,6 +137,7 @@ def prepare_variant(
     calibration: list[np.ndarray] | None = None,
     spinning: bool = True,
     atol: float = 1e-3,
+    net_tta: str | None = None,
 ) -> tuple[dict[str, Callable[[], object]], dict[str, object]]:
     """The timed callables of ``variant``'s forms at ``image_size`` and facts about them."""
     import onnxruntime as ort
@@ -144,8 +148,8 @@ def prepare_variant(
     from bus_mtl.inference.predictor import session_options
     from bus_mtl.inference.quantize import calibration_batches, quantize_onnx
 
-    net, ck_info = _load_net(variant, ckpt)
-    base = dict(ck_info.to_dict()) if ck_info is not None else {}
+    net, ck_info = _load_net(variant, ckpt, net_tta)
+    base = dict(ck_info.to_dict()) if ck_info is not None else {"tta": net_tta or "none"}
     base.update(image_size=image_size, variant=variant, has_seg=net.has_seg, has_cls=net.has_cls)
     base.setdefault("in_channels", getattr(net, "in_channels", 1))
     base.setdefault("num_classes", getattr(net, "num_classes", 1))
@@ -200,6 +204,7 @@ def gate_forms(
     workdir: Path,
     spinning: bool = True,
     atol: float = 1e-3,
+    net_tta: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Dice/AUC of eager and of each deployed form of ``ckpt`` (at its own input size) on
     ``samples``; per form ``{"dice", "auc", "delta_dice", "delta_auc", "passed"}``."""
@@ -208,10 +213,12 @@ def gate_forms(
     from bus_mtl.inference.predictor import Predictor
     from bus_mtl.inference.torch_predictor import TorchPredictor
 
-    eager = TorchPredictor.from_checkpoint(ckpt)
+    eager = TorchPredictor.from_checkpoint(ckpt, net_tta=net_tta)
     ref = evaluate(eager, samples)
     out = {"eager": {"dice": ref.dice, "auc": ref.auc}}
-    fp32 = export_checkpoint(ckpt, "onnx", workdir / f"gate_{variant}.onnx", atol=atol).path
+    fp32 = export_checkpoint(
+        ckpt, "onnx", workdir / f"gate_{variant}.onnx", atol=atol, tta=net_tta
+    ).path
     int8 = None
     for form in forms:
         if form == "eager":
@@ -219,7 +226,7 @@ def gate_forms(
         if form == "int8" and int8 is None:
             int8 = export_checkpoint(
                 ckpt, "onnx", workdir / f"gate_{variant}.int8.onnx", quantize="int8",
-                calibration=calibration, atol=atol,
+                calibration=calibration, atol=atol, tta=net_tta,
             ).path  # fmt: skip
         path = int8 if form == "int8" else fp32
         deployed = Predictor(path, num_threads=threads, optimized=form != "onnx", spinning=spinning)
@@ -354,6 +361,13 @@ def main(argv: list[str]) -> int:
         default=50.0,
         help="untimed pause before each timed call, for busy-waiting threads to park (50)",
     )
+    p.add_argument(
+        "--net-tta",
+        choices=("none", "hflip"),
+        help="test-time augmentation of every timed network (default: each checkpoint's own, "
+        "none for random weights); 'none' with a model.tta: hflip checkpoint times its single "
+        "pass with the operating point fitted for it",
+    )
     p.add_argument("--out", default="results/bench_inference", help="CSV/JSON folder")
     args = p.parse_args(argv)
     if args.threads < 1 or args.runs < 1 or args.warmup < 0:
@@ -398,6 +412,7 @@ def main(argv: list[str]) -> int:
                 calib if variant in ckpts else None,
                 spinning,
                 args.atol,
+                args.net_tta,
             )
             fns.update({(variant, f): fn for f, fn in v_fns.items()})
         load_before = os.getloadavg()[0]
@@ -418,6 +433,7 @@ def main(argv: list[str]) -> int:
                 Path(tmp),
                 spinning,
                 args.atol,
+                args.net_tta,
             )
     for (variant, form), ts in times.items():
         q = np.percentile(ts, [25, 75])
@@ -472,6 +488,7 @@ def main(argv: list[str]) -> int:
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "checkpoints": ckpts,
+        "net_tta": args.net_tta or "checkpoint",
         "fold": args.fold if ckpts else None,
         "gate_images": len(samples) if samples is not None else None,
         "atol": args.atol,

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=0.5, help="largest |Dice/AUC change| in points (0.5)"
     )
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the gate (2)")
+    p.add_argument(
+        "--tta",
+        choices=("none", "hflip"),
+        help="test-time augmentation in the exported graph (default: the checkpoint's); "
+        "'none' exports the single pass of a checkpoint trained with model.tta: hflip, at "
+        "about half the latency, with the temperature and threshold fitted for it",
+    )
     return p
 
 
@@ -77,6 +84,7 @@ def main(argv: list[str]) -> int:
             calibration_images=args.calibration_images,
             busi_root=args.busi_root,
             fold=args.fold,
+            tta=args.tta,
         )
     except ParityError as err:
         print(f"bus-mtl export: parity check FAILED: {err}", file=sys.stderr)

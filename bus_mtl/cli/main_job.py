@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1")
     p.add_argument("--precision", help="default: the recipe's (32 on CPU, bf16-mixed on GPU)")
     p.add_argument("--image-size", type=int, help="default: the recipe's (128 CPU, 256 GPU)")
-    p.add_argument("--max-epochs", type=int, help="default: the recipe's (15 CPU, 100 GPU)")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        help="default: the recipe's (CPU: what its 14-min TimeBudget affords, at most 40; GPU: 100)",
+    )
     p.add_argument("--batch-size", type=int, help="default: the recipe's (8 CPU, 16 GPU)")
     p.add_argument("--num-workers", type=int, help="default: the recipe's (0 CPU, 4 GPU)")
     p.add_argument("--fold", type=int, default=0)

@@ -213,6 +213,7 @@ def export_checkpoint(
     busi_root: str | Path | None = None,
     fold: int = 0,
     calibration: list[np.ndarray] | None = None,
+    tta: str | None = None,
 ) -> ExportReport:
     """Export a training checkpoint; the temperature, threshold, normalisation, class names
     and test-time augmentation come from its ``bus_mtl`` metadata (a ``"hflip"`` checkpoint
@@ -230,6 +231,9 @@ def export_checkpoint(
             :mod:`bus_mtl.inference.quantize`), calibrated on ``calibration`` (H×W uint8
             grey images) or else on ``calibration_images`` random images of the training
             part of BUSI fold ``fold`` (at ``busi_root``).
+        tta: the test-time augmentation in the exported graph; ``None``: the checkpoint's.
+            ``"none"`` exports the single pass of an ``"hflip"`` checkpoint (half the
+            latency) with the temperature and threshold fitted for the single pass.
     """
     from bus_mtl.inference.torch_predictor import load_checkpoint
 
@@ -240,7 +244,7 @@ def export_checkpoint(
     if quantize and format != "onnx":
         raise ValueError("int8 quantisation is for ONNX exports (--format onnx)")
     ckpt_path = Path(ckpt_path)
-    net, info = load_checkpoint(ckpt_path, image_size=image_size)
+    net, info = load_checkpoint(ckpt_path, image_size=image_size, net_tta=tta)
     divisor = int(getattr(net, "size_divisor", 1))
     if info.image_size % divisor:
         raise ValueError(

@@ -205,8 +205,9 @@ def gate_model(
     from bus_mtl.inference.predictor import Predictor
     from bus_mtl.inference.torch_predictor import TorchPredictor
 
-    eager = TorchPredictor.from_checkpoint(ckpt_path)
     deployed = Predictor(model_path, num_threads=num_threads)
+    # The eager model evaluated as the export was made (its TTA and operating point).
+    eager = TorchPredictor.from_checkpoint(ckpt_path, net_tta=deployed.info.tta)
     precision = getattr(deployed, "precision", "fp32")
     what = f"{Path(model_path).name}: {precision} at {deployed.info.image_size}px"
     if deployed.info.tta != "none":

@@ -41,12 +41,16 @@ def info_from_checkpoint_meta(
 
 
 def load_checkpoint(
-    ckpt_path: str | Path, image_size: int | None = None
+    ckpt_path: str | Path, image_size: int | None = None, net_tta: str | None = None
 ) -> tuple[nn.Module, ModelInfo]:
     """Network (eval mode) and :class:`ModelInfo` from a training checkpoint: the network as
     the checkpoint was validated and calibrated, i.e. wrapped in its test-time augmentation
     (``checkpoint["bus_mtl"]["tta"]``), so eager predictions, exports and the accuracy gate
-    all compute what the fitted temperature and threshold apply to."""
+    all compute what the fitted temperature and threshold apply to.
+
+    ``net_tta``: another test-time augmentation of the same weights (``"none"``: the single
+    pass of an ``"hflip"`` checkpoint), with the operating point fitted for it
+    (:func:`bus_mtl.models.rebuild.operating_point`; ``ValueError`` when there is none)."""
     # From the models layer, not bus_mtl.training: inference needs no training stack. Imported
     # here so that importing this module does not build the model zoo (MONAI, smp).
     from bus_mtl.models.rebuild import load_inference_net
@@ -54,7 +58,7 @@ def load_checkpoint(
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-    net, meta = load_inference_net(ckpt_path)
+    net, meta = load_inference_net(ckpt_path, tta=net_tta)
     return net.eval(), info_from_checkpoint_meta(meta, net, image_size)
 
 
@@ -105,8 +109,12 @@ class TorchPredictor(BasePredictor):
         device: str | torch.device = "cpu",
         image_size: int | None = None,
         decision_threshold: float | None = None,
+        net_tta: str | None = None,
     ) -> TorchPredictor:
-        net, info = load_checkpoint(ckpt_path, image_size=image_size)
+        """``net_tta``: the test-time augmentation run in the network (default: the
+        checkpoint's own; ``"none"`` for the single pass of a TTA checkpoint, with its own
+        operating point), see :func:`load_checkpoint`."""
+        net, info = load_checkpoint(ckpt_path, image_size=image_size, net_tta=net_tta)
         return cls(
             net,
             info,

@@ -186,14 +186,62 @@ def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return net.eval(), meta
 
 
-def load_inference_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+# The keys of checkpoint["bus_mtl"] that make one operating point: they hold for the net
+# evaluated with one test-time augmentation, and for no other.
+OPERATING_POINT_KEYS = ("temperature", "decision_threshold", "threshold_rule", "calibration")
+
+
+def operating_point(
+    meta: dict[str, Any], tta: str | None = None, ckpt_path: str | Path = ""
+) -> dict[str, Any]:
+    """``checkpoint["bus_mtl"]`` as it holds for the net evaluated with test-time
+    augmentation ``tta`` (``None``: the checkpoint's own, ``meta["tta"]``).
+
+    The fitted temperature and decision threshold belong to one evaluation: the logits of a
+    single pass are less extreme than the two-view average. ``TemperatureCalibration`` fits
+    every mode of a TTA checkpoint and stores them in ``meta["operating_points"]``
+    (``{"none": {...}, "hflip": {...}}``); this returns a copy of ``meta`` whose ``tta``,
+    ``temperature``, ``decision_threshold``, ``threshold_rule`` and ``calibration`` are the
+    requested mode's. ``ValueError`` naming the modes the checkpoint has when it was not
+    calibrated for ``tta`` (checkpoints from before ``operating_points`` hold only their own).
+    """
+    own = checkpoint_tta(meta, ckpt_path)
+    if tta is None:
+        return dict(meta)
+    where = f"{ckpt_path}: " if ckpt_path else ""
+    tta = check_tta(tta, what=f"{where}the requested test-time augmentation")
+    if tta == own:
+        return dict(meta)
+    points = meta.get("operating_points") or {}
+    if tta not in points:
+        raise ValueError(
+            f"{where}the checkpoint was calibrated with test-time augmentation "
+            f"{sorted(points) or [own]} only, not {tta!r}: its temperature and decision "
+            f"threshold do not hold for that network. Use tta={own!r} (the default), or train "
+            "with this version of bus_mtl, whose TemperatureCalibration fits every mode of a "
+            "TTA checkpoint"
+        )
+    out = dict(meta)
+    out.update({k: v for k, v in points[tta].items() if k in OPERATING_POINT_KEYS})
+    out["tta"] = tta
+    return out
+
+
+def load_inference_net(
+    ckpt_path: str | Path, tta: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The network as the checkpoint's module evaluated it, in eval mode, and its metadata.
 
     :func:`load_net`'s net, wrapped in the checkpoint's test-time augmentation
     (``meta["tta"]``: ``"hflip"`` -> :class:`~bus_mtl.models.tta.FlipTTA`; ``"none"`` or
     absent, as in checkpoints from before TTA -> the bare net). Its temperature and decision
     threshold were fitted on these outputs, so predictors and exports use this network.
+
+    ``tta`` asks for another evaluation of the same weights, e.g. ``"none"`` for the single
+    pass of an ``"hflip"`` checkpoint (half the latency): ``meta`` then carries that mode's
+    own operating point (:func:`operating_point`; ``ValueError`` when it was not fitted).
     Returns ``(net, meta)``; ``ValueError`` naming an unknown ``tta``.
     """
     net, meta = load_net(ckpt_path)
+    meta = operating_point(meta, tta, ckpt_path)
     return with_tta(net, checkpoint_tta(meta, ckpt_path)).eval(), meta

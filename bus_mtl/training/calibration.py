@@ -164,6 +164,14 @@ def _evaluated(pl_module: pl.LightningModule, net: nn.Module) -> nn.Module:
     return with_tta(net, getattr(pl_module, "tta", "none"))
 
 
+def calibrated_modes(pl_module: pl.LightningModule) -> tuple[str, ...]:
+    """The test-time augmentations an operating point is fitted for: the module's own
+    first, and the single pass of a TTA module (a deployment may drop the second view to
+    halve its latency; its logits are less extreme, so it needs a temperature of its own)."""
+    own = str(getattr(pl_module, "tta", "none"))
+    return (own,) if own == "none" else (own, "none")
+
+
 class _StepBatches:
     """A loader's batches as the steps see them: through the datamodule's
     ``normalize_batch`` (its loaders yield uint8 images, normalised once, here)."""
@@ -195,7 +203,12 @@ class TemperatureCalibration(Callback):
 
     The logits are the module's evaluated ones: with its test-time augmentation
     (``MultiTaskModule(tta="hflip")``: the mean over the image and its mirror), since the
-    temperature and threshold are applied to exactly those at test and inference time.
+    temperature and threshold are applied to exactly those at test and inference time. A
+    TTA module also gets the operating point of its single pass (``tta="none"``), for a
+    deployment that drops the mirror: ``checkpoint["bus_mtl"]["operating_points"]`` holds
+    one entry per mode (``temperature``, ``decision_threshold``, ``threshold_rule``,
+    ``calibration``), the module's attribute ``operating_points`` the current weights' ones,
+    and :func:`bus_mtl.models.rebuild.operating_point` picks one.
 
     Args:
         max_iter: LBFGS iterations.
@@ -298,6 +311,30 @@ class TemperatureCalibration(Callback):
             )
         return found
 
+    def _fit_modes(
+        self, pl_module: pl.LightningModule, net: nn.Module, loader: Any, device: torch.device
+    ) -> dict[str, dict[str, float]]:
+        """One fit per :func:`calibrated_modes` of ``net`` (the module's own mode first)."""
+        default = float(pl_module.threshold)
+        return {
+            mode: self._fit(with_tta(net, mode), loader, device, default)
+            for mode in calibrated_modes(pl_module)
+        }
+
+    def _points(self, pl_module: pl.LightningModule, fits: dict[str, dict[str, float]]) -> dict:
+        rule = self.rule_name(pl_module.num_classes)
+        return {
+            mode: {
+                "temperature": f["temperature"],
+                "decision_threshold": f["decision_threshold"],
+                "threshold_rule": rule,
+                "calibration": {
+                    k: v for k, v in f.items() if k not in ("temperature", "decision_threshold")
+                },
+            }
+            for mode, f in fits.items()
+        }
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fast_dev_run or not getattr(pl_module, "has_cls", False):
             return
@@ -305,19 +342,25 @@ class TemperatureCalibration(Callback):
         if loader is None:
             return
         device = pl_module.device
-        default = float(pl_module.threshold)
         try:
-            current = self._fit(_evaluated(pl_module, pl_module.net), loader, device, default)
+            fits = self._fit_modes(pl_module, pl_module.net, loader, device)
         except ValueError:
             return  # no labelled validation image: nothing to calibrate on
+        own = calibrated_modes(pl_module)[0]
+        current = fits[own]
         pl_module.temperature.fill_(current["temperature"])
         pl_module.decision_threshold.fill_(current["decision_threshold"])
         pl_module.threshold_rule = self.rule_name(pl_module.num_classes)
+        pl_module.operating_points = self._points(pl_module, fits)
         for problem in self.warnings_for(current):
             warnings.warn(f"TemperatureCalibration: {problem}", RuntimeWarning, stacklevel=2)
             print(f"WARNING (calibration): {problem}", flush=True)
+        logged = {f"val/{k}": v for k, v in current.items()}
+        for mode, fit in fits.items():
+            if mode != own:  # the single pass of a TTA module, as val/<key>_tta_none
+                logged.update({f"val/{k}_tta_{mode}": v for k, v in fit.items()})
         for logger in trainer.loggers:
-            logger.log_metrics({f"val/{k}": v for k, v in current.items()}, trainer.global_step)
+            logger.log_metrics(logged, trainer.global_step)
             logger.save()
         if trainer.is_global_zero:
             self._update_checkpoints(trainer, pl_module, loader, device)
@@ -330,21 +373,17 @@ class TemperatureCalibration(Callback):
         for cb in trainer.checkpoint_callbacks:
             paths.update(p for p in (cb.last_model_path, cb.best_model_path) if p)
             paths.update(getattr(cb, "best_k_models", {}).keys())
+        own = calibrated_modes(pl_module)[0]
         for path in sorted(paths):
             if not Path(path).is_file():
                 continue
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             net = copy.deepcopy(pl_module.net)
             net.load_state_dict(net_state_dict(checkpoint))
-            fitted = self._fit(
-                _evaluated(pl_module, net), loader, device, float(pl_module.threshold)
-            )
+            points = self._points(pl_module, self._fit_modes(pl_module, net, loader, device))
             meta = checkpoint.setdefault("bus_mtl", {})
             for key in ("temperature", "decision_threshold"):
-                checkpoint["state_dict"][key] = torch.tensor(fitted[key])
-                meta[key] = fitted[key]
-            meta["threshold_rule"] = self.rule_name(pl_module.num_classes)
-            meta["calibration"] = {
-                k: v for k, v in fitted.items() if k not in ("temperature", "decision_threshold")
-            }
+                checkpoint["state_dict"][key] = torch.tensor(points[own][key])
+            meta.update(points[own])
+            meta["operating_points"] = points
             torch.save(checkpoint, path)

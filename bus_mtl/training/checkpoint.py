@@ -65,4 +65,7 @@ def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
         # The test-time augmentation the fitted temperature/threshold and every validation
         # and test metric were computed with: inference must evaluate the net the same way.
         "tta": str(getattr(module, "tta", "none")),
+        # {mode: {temperature, decision_threshold, threshold_rule, calibration}} when fitted:
+        # a TTA checkpoint also serves its single pass (rebuild.operating_point).
+        "operating_points": getattr(module, "operating_points", None),
     }

@@ -97,6 +97,26 @@ def class_probabilities(logits: Tensor, temperature: Tensor | float = 1.0) -> Te
     return torch.softmax(scaled, dim=1)
 
 
+def check_lr_scales(lr_scales: dict[str, float] | None) -> dict[str, float]:
+    """``lr_scales`` as a plain dict, or a ValueError naming the bad entry."""
+    if lr_scales is None:
+        return {}
+    checked: dict[str, float] = {}
+    for prefix, scale in dict(lr_scales).items():
+        if not isinstance(prefix, str) or not prefix or prefix.endswith("."):
+            raise ValueError(
+                f"lr_scales: keys are parameter-name prefixes such as 'net.effnet', got {prefix!r}"
+            )
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not (math.isfinite(scale) and scale > 0)
+        ):
+            raise ValueError(f"lr_scales[{prefix!r}] must be a number > 0, got {scale!r}")
+        checked[prefix] = float(scale)
+    return checked
+
+
 class MultiTaskModule(pl.LightningModule):
     """Trains one multi-task variant: mask loss + class loss, combined by a weighting.
 
@@ -128,6 +148,10 @@ class MultiTaskModule(pl.LightningModule):
             test and predict steps, ``TemperatureCalibration`` (so the temperature and the
             decision threshold are fitted on the outputs they are applied to) and every
             predictor or export of a checkpoint (``checkpoint["bus_mtl"]["tta"]``) do.
+        lr_scales: parameter-name prefix -> factor on the optimizer's learning rate for the
+            parameters under it (longest prefix wins), e.g. ``{"net.effnet": 0.25}`` trains
+            ImageNet-initialised EfficientNet blocks at a quarter of the rate of the
+            randomly initialised SegResNet. The schedule scales every group alike.
 
     Shapes: ``batch["image"]`` B×C×H×W, ``batch["mask"]`` B×1×H×W, ``batch["label"]`` (B,).
     """
@@ -146,6 +170,7 @@ class MultiTaskModule(pl.LightningModule):
         channels_last: bool = True,
         log_images: int = 4,
         tta: Literal["none", "hflip"] = "none",
+        lr_scales: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         check_tta(tta)
@@ -196,11 +221,15 @@ class MultiTaskModule(pl.LightningModule):
         self.channels_last = channels_last
         self.log_images = log_images
         self.tta = str(tta)
+        self.lr_scales = check_lr_scales(lr_scales)
         self.register_buffer("temperature", torch.ones(()))
         # Image-level decision threshold on the calibrated malignancy probability; fitted on
         # the validation part by TemperatureCalibration (Youden's J by default).
         self.register_buffer("decision_threshold", torch.tensor(float(threshold)))
         self.threshold_rule = "fixed"
+        # Per test-time augmentation mode, the operating point fitted for it (a TTA module's
+        # single pass too); set by TemperatureCalibration, saved in checkpoint["bus_mtl"].
+        self.operating_points: dict[str, dict[str, Any]] | None = None
         # (n_benign, n_malignant[, n_normal]) of the fold's training part, set in setup().
         self.class_counts: list[int] | None = None
         # One collection per stage, cloned from one template: ``compute()`` merges the
@@ -494,18 +523,36 @@ class MultiTaskModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:
-        """The net's parameters, and the loss weighting's (Kendall log-variances) in a group
-        of their own without weight decay: decay would pull every task weight towards 1."""
+        """The net's parameters, one group per ``lr_scales`` prefix that holds any (with an
+        ``lr_scale`` entry), and the loss weighting's (Kendall log-variances) in a group of
+        their own without weight decay: decay would pull every task weight towards 1."""
         weighting = [p for p in self.weighting.parameters() if p.requires_grad]
         ids = {id(p) for p in weighting}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        groups: list[dict[str, Any]] = [{"params": rest}]
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in ids]
+        prefixes = sorted(self.lr_scales, key=len, reverse=True)
+        by_prefix: dict[str, list[Tensor]] = {prefix: [] for prefix in prefixes}
+        rest: list[Tensor] = []
+        for name, param in named:
+            match = next((q for q in prefixes if name == q or name.startswith(q + ".")), None)
+            (by_prefix[match] if match is not None else rest).append(param)
+        unmatched = [q for q in prefixes if not by_prefix[q]]
+        if unmatched:
+            tops = sorted({".".join(n.split(".")[:2]) for n, _ in named})
+            raise ValueError(
+                f"lr_scales: no trainable parameter under {unmatched}; prefixes are module "
+                f"paths of named_parameters(), such as {tops}"
+            )
+        groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
+        groups += [{"params": by_prefix[q], "lr_scale": self.lr_scales[q]} for q in prefixes]
         if weighting:
             groups.append({"params": weighting, "weight_decay": 0.0})
         return groups
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
+        for group in optimizer.param_groups:
+            # Before any scheduler exists: schedulers read each group's lr as its base.
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
             config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
@@ -568,7 +615,9 @@ class MultiTaskModule(pl.LightningModule):
         if "decision_threshold" not in state:
             # Checkpoints from before the fitted operating point: the fixed threshold.
             state["decision_threshold"] = torch.tensor(float(self.threshold))
-        self.threshold_rule = str(checkpoint.get("bus_mtl", {}).get("threshold_rule", "fixed"))
+        meta = checkpoint.get("bus_mtl", {})
+        self.threshold_rule = str(meta.get("threshold_rule", "fixed"))
+        self.operating_points = meta.get("operating_points")
         states = checkpoint.get("rng_states")
         self._pending_rng_states = (int(checkpoint.get("epoch", -1)), states) if states else None
 

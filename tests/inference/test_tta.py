@@ -136,3 +136,69 @@ def test_bench_inference_times_the_tta_checkpoint_with_its_flip(tta_ckpt):
     row = bench.Row("seg_features_effnet", "eager", 1.0, 64, median_ms=2.0, tta="hflip")
     row.speedup = 1.0
     assert "seg_features_effnet+hflip" in bench.format_table([row])
+
+
+@pytest.fixture(scope="module")
+def tta_ckpt_with_single_pass(tmp_path_factory, tta_ckpt: Path) -> Path:
+    """``tta_ckpt`` with the single pass's operating point that ``TemperatureCalibration``
+    adds to a TTA checkpoint (values chosen to differ from the flip's)."""
+    checkpoint = torch.load(tta_ckpt, map_location="cpu", weights_only=True)
+    meta = checkpoint["bus_mtl"]
+    own = {k: meta.get(k) for k in ("temperature", "decision_threshold", "threshold_rule")}
+    single = {"temperature": 2.5, "decision_threshold": 0.3, "threshold_rule": "youden"}
+    meta["operating_points"] = {"hflip": own, "none": {**single, "calibration": {}}}
+    path = tmp_path_factory.mktemp("tta_single") / "tta_single.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_the_single_pass_of_a_tta_checkpoint_exports_with_its_own_operating_point(
+    tta_ckpt, tta_ckpt_with_single_pass, odd_images, tmp_path
+):
+    import onnxruntime as ort
+
+    from bus_mtl.cli.main import main
+    from bus_mtl.inference.export import export_checkpoint
+    from bus_mtl.inference.gate import check_accuracy
+
+    report = export_checkpoint(tta_ckpt_with_single_pass, "onnx", tmp_path / "one.onnx", tta="none")
+    info = report.info
+    assert info.tta == "none" and info.temperature == 2.5 and info.class_threshold == 0.3
+    net, _ = load_net(tta_ckpt_with_single_pass)
+    x = _inputs()
+    with torch.no_grad():
+        bare = net(x)
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    mask, logits = session.run(["mask", "logits"], {"image": x.numpy()})
+    assert np.abs(logits - bare.logits.numpy()).max() <= 1e-4  # one pass, no mirror
+    # Eager at the same mode: same probabilities, and the gate accepts the pair.
+    eager = TorchPredictor.from_checkpoint(tta_ckpt_with_single_pass, net_tta="none")
+    assert not isinstance(eager.net, FlipTTA) and eager.info.temperature == 2.5
+    deployed = Predictor(report.path)
+    image = odd_images["gray"]
+    assert deployed.predict(image).probability == pytest.approx(
+        eager.predict(image).probability, abs=1e-4
+    )
+    check_accuracy(eager, deployed, samples=[])  # same mode: no mismatch
+    # The default stays the checkpoint's own mode; a checkpoint without the single pass's
+    # operating point says so instead of exporting a miscalibrated model.
+    assert (
+        export_checkpoint(tta_ckpt_with_single_pass, "onnx", tmp_path / "two.onnx").info.tta
+        == "hflip"
+    )
+    with pytest.raises(ValueError, match=r"\['hflip'\] only, not 'none'"):
+        export_checkpoint(tta_ckpt, "onnx", tmp_path / "bad.onnx", tta="none")
+    out = tmp_path / "cli.onnx"
+    argv = ["export", "--ckpt", str(tta_ckpt_with_single_pass), "--output", str(out)]
+    assert main([*argv, "--tta", "none"]) == 0
+    assert Predictor(out).info.tta == "none"
+    assert main(["export", "--ckpt", str(tta_ckpt), "--output", str(out), "--tta", "none"]) == 2
+
+
+def test_bench_inference_times_the_single_pass_on_request(tta_ckpt_with_single_pass):
+    from bus_mtl.benchmarks import inference as bench
+
+    net, info = bench._load_net("seg_features_effnet", str(tta_ckpt_with_single_pass), "none")
+    assert not isinstance(net, FlipTTA) and info.tta == "none" and info.temperature == 2.5
+    net, info = bench._load_net("seg_features_effnet", None, "hflip")
+    assert isinstance(net, FlipTTA) and info is None

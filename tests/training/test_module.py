@@ -425,3 +425,38 @@ def test_stage_metrics_are_prefixed_clones_per_head():
     assert cls_only.orig_size_metrics is None
     seg_only = MultiTaskModule(tiny_net(SegResNetOnly))
     assert set(seg_only.stage_metrics("test").keys(keep_base=True)) == {"seg"}
+
+
+def test_lr_scales_give_parameter_groups_their_own_rate():
+    from bus_mtl.models import SegResNetEffNetFeatures
+
+    net = SegResNetEffNetFeatures(init_filters=8, model_name="efficientnet-lite0")
+    module = MultiTaskModule(
+        net,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=4e-3),
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1),
+        lr_scales={"net.effnet": 0.25, "net.effnet._fc": 1.0},
+    )
+    groups = module.param_groups()
+    by_scale = {g.get("lr_scale", 1.0): g["params"] for g in groups}
+    effnet = {id(p) for n, p in net.named_parameters() if n.startswith("effnet.")}
+    fc = {id(p) for n, p in net.named_parameters() if n.startswith("effnet._fc.")}
+    # The longest prefix wins: the classifier's new FC keeps the full rate.
+    assert {id(p) for p in by_scale[0.25]} == effnet - fc
+    assert {id(p) for p in by_scale[1.0] if id(p) in fc} == fc
+    assert sum(len(g["params"]) for g in groups) == len(list(module.parameters()))
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = {g.get("lr_scale", 1.0): g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({0.25: 1e-3, 1.0: 4e-3})
+    assert sorted(scheduler.base_lrs) == pytest.approx([1e-3, 4e-3, 4e-3])  # scaled before it
+
+    with pytest.raises(ValueError, match=r"lr_scales\['net.effnet'\] must be a number > 0, got 0"):
+        MultiTaskModule(net, lr_scales={"net.effnet": 0})
+    with pytest.raises(
+        ValueError, match="parameter-name prefixes such as 'net.effnet', got 'net.'"
+    ):
+        MultiTaskModule(net, lr_scales={"net.": 0.5})
+    typo = MultiTaskModule(net, lr_scales={"net.efnet": 0.5})
+    with pytest.raises(ValueError, match=r"under \['net.efnet'\].*'net.effnet'"):
+        typo.param_groups()

@@ -142,3 +142,47 @@ def test_tta_round_trips_through_the_checkpoint(tta_run, tmp_path):
     torch.save(checkpoint, bad)
     with pytest.raises(ValueError, match=r"bad.ckpt.*\['tta'\].*got 'rot90'"):
         load_inference_net(bad)
+
+
+def test_a_tta_checkpoint_also_carries_its_single_pass_operating_point(tta_run, tmp_path):
+    """The single pass of a TTA checkpoint (half the latency when deployed) gets its own
+    temperature and threshold, fitted on the bare net's validation logits."""
+    module, dm = tta_run["module"], tta_run["dm"]
+    module.eval()
+    with torch.no_grad():
+        batches = [dm.normalize_batch(b) for b in dm.val_dataloader()]
+        labels = torch.cat([b["label"] for b in batches])
+        bare = torch.cat([module.net(b["image"]).logits for b in batches])
+    t_bare = fit_temperature(bare, labels)
+    th_bare = choose_threshold(torch.sigmoid(bare[:, 0].double() / t_bare), labels, "youden")
+    path = tta_run["path"]
+    meta = load_checkpoint(path)["bus_mtl"]
+    points = meta["operating_points"]
+    assert sorted(points) == ["hflip", "none"]
+    assert points["hflip"]["temperature"] == meta["temperature"]  # the own mode = top level
+    assert points["none"]["temperature"] == pytest.approx(t_bare, rel=1e-5)
+    assert points["none"]["decision_threshold"] == pytest.approx(th_bare, rel=1e-5)
+    assert points["none"]["threshold_rule"] == "youden"
+    assert points["none"]["temperature"] != pytest.approx(meta["temperature"], rel=1e-5)
+    assert module.operating_points["none"]["temperature"] == pytest.approx(t_bare, rel=1e-5)
+
+    single, single_meta = load_inference_net(path, tta="none")
+    assert not isinstance(single, FlipTTA) and single_meta["tta"] == "none"
+    assert single_meta["temperature"] == pytest.approx(t_bare, rel=1e-5)
+    assert single_meta["decision_threshold"] == pytest.approx(th_bare, rel=1e-5)
+    own, own_meta = load_inference_net(path, tta="hflip")
+    assert isinstance(own, FlipTTA) and own_meta["temperature"] == meta["temperature"]
+    # Reloaded modules keep them, so a checkpoint they save again does too.
+    reloaded = MultiTaskModule.load_from_checkpoint(path)
+    assert reloaded.operating_points == points
+    assert build_metadata(reloaded, None)["operating_points"] == points
+
+    # A checkpoint calibrated for its own mode only cannot make up another one.
+    checkpoint = load_checkpoint(path)
+    del checkpoint["bus_mtl"]["operating_points"]
+    old = tmp_path / "own_only.ckpt"
+    torch.save(checkpoint, old)
+    with pytest.raises(ValueError, match=r"own_only.ckpt.*\['hflip'\] only, not 'none'"):
+        load_inference_net(old, tta="none")
+    with pytest.raises(ValueError, match=r"got 'rot90'"):
+        load_inference_net(path, tta="rot90")
