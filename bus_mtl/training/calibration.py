@@ -198,8 +198,9 @@ class TemperatureCalibration(Callback):
     one-vs-rest also for K = 3: :func:`expected_calibration_error`), ``val/brier_calibrated``,
     ``val/brier_skill`` (1 - Brier / π(1-π)) and ``val/logit_std``, and warns when the
     temperature hits its search bound or the logits are (near) constant: then a small ECE
-    only says that every probability equals the prevalence. Skipped for segmentation-only
-    nets and under ``fast_dev_run``.
+    only says that every probability equals the prevalence (a TTA module also logs its single
+    pass's figures as ``val/<name>_tta_none``). Skipped for segmentation-only nets and under
+    ``fast_dev_run``.
 
     The logits are the module's evaluated ones: with its test-time augmentation
     (``MultiTaskModule(tta="hflip")``: the mean over the image and its mirror), since the
