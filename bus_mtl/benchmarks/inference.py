@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bus_mtl.inference.metadata import TTA_MODES
+
 DEFAULT_VARIANTS = ("seg_features_effnet", "smp_unet")
 FORMS = ("eager", "onnx", "onnx-opt", "int8")
 FORM_LABELS = {
@@ -363,7 +365,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument(
         "--net-tta",
-        choices=("none", "hflip"),
+        choices=TTA_MODES,
         help="test-time augmentation of every timed network (default: each checkpoint's own, "
         "none for random weights); 'none' with a model.tta: hflip checkpoint times its single "
         "pass with the operating point fitted for it",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bus_mtl.inference.metadata import TTA_MODES
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the gate (2)")
     p.add_argument(
         "--tta",
-        choices=("none", "hflip"),
+        choices=TTA_MODES,
         help="test-time augmentation in the exported graph (default: the checkpoint's); "
         "'none' exports the single pass of a checkpoint trained with model.tta: hflip, at "
         "about half the latency, with the temperature and threshold fitted for it",

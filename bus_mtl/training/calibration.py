@@ -159,11 +159,6 @@ def collect_logits(net: nn.Module, loader: Any, device: torch.device) -> tuple[T
     return torch.cat(logits), torch.cat(labels)
 
 
-def _evaluated(pl_module: pl.LightningModule, net: nn.Module) -> nn.Module:
-    """``net`` as ``pl_module`` evaluates it: in its test-time augmentation, if any."""
-    return with_tta(net, getattr(pl_module, "tta", "none"))
-
-
 def calibrated_modes(pl_module: pl.LightningModule) -> tuple[str, ...]:
     """The test-time augmentations an operating point is fitted for: the module's own
     first, and the single pass of a TTA module (a deployment may drop the second view to
