@@ -207,7 +207,7 @@ def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
             raise FileNotFoundError(f"config file not found: {path}")
         kind = component_kind(p)
         if kind == "sources":
-            args += ["--data.sources", str(p)]
+            args += _sources_config(p)
             continue
         if kind is not None:  # a net preset: no data in it
             continue
@@ -222,8 +222,39 @@ def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
                 # the section is handed on as a string, so the path is made absolute here.
                 section = {**section, "sources": str((p.parent / sources).resolve())}
             args += ["--config", yaml.safe_dump({"data": section})]
-    args += [a for a in extra if a.startswith("--data.") or a.startswith("--data=")]
+    args += _data_args(extra)
     return parser.instantiate_classes(parser.parse_args(args)).data
+
+
+def _sources_config(path: Path) -> list[str]:
+    """A source preset as a ``--config`` YAML string: this bare parser (unlike
+    LightningCLI's) does not read a ``--data.sources PATH`` value as a file."""
+    return ["--config", yaml.safe_dump({"data": {"sources": yaml.safe_load(path.read_text())}})]
+
+
+def _data_args(extra: Sequence[str]) -> list[str]:
+    """The ``--data.*`` arguments of ``extra`` (``--data.x=v`` and ``--data.x v``), with a
+    ``--data.sources`` that names a preset file given as its content."""
+    out: list[str] = []
+    items = list(extra)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        i += 1
+        if not (arg.startswith("--data.") or arg.startswith("--data=")):
+            continue
+        key, eq, value = arg.partition("=")
+        if not eq and i < len(items) and not items[i].startswith("--"):
+            value = items[i]
+            i += 1
+        elif not eq:
+            out.append(arg)
+            continue
+        if key == "--data.sources" and Path(value).is_file():
+            out += _sources_config(Path(value))
+        else:
+            out += [key, value]
+    return out
 
 
 def make_split(

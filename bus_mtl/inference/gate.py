@@ -21,6 +21,11 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TOLERANCE = 0.005  # 0.5 points on a 0–100 scale
+# Probabilities are compared on this grid for the AUC: an fp32 export reproduces eager logits
+# only to ~1e-5, so the order of two images whose probabilities differ by less than that is
+# float noise, not a property of the model (an untrained net's near-equal probabilities
+# would otherwise flip pairs and "fail" a lossless export).
+AUC_RESOLUTION = 1e-6
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,8 @@ def evaluate(predictor, samples: Sequence[GateSample]) -> Scores:
             probs.append(result.probability)
             labels.append(s.label)
     dice = float(np.mean(dices)) if dices else float("nan")
-    auc = binary_auc(probs, labels) if probs else float("nan")
+    gridded = np.round(np.asarray(probs, dtype=np.float64) / AUC_RESOLUTION) * AUC_RESOLUTION
+    auc = binary_auc(gridded, labels) if probs else float("nan")
     return Scores(dice, auc, len(samples), np.asarray(dices), np.asarray(probs))
 
 

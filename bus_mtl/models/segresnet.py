@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from monai.networks.nets import SegResNet
-from torch import Tensor
+from torch import Tensor, nn
 
 from bus_mtl.models.base import MTLNet, check_probability
 from bus_mtl.models.output import MTLOutput
@@ -13,6 +15,48 @@ from bus_mtl.models.pretrained import apply_pretrained
 # residual blocks, channels init_filters × (1, 2, 4, 8).
 SEGRESNET_STRIDES = (1, 2, 4, 8)
 SEGRESNET_DIVISOR = 8
+
+
+class ChannelsFirstGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters, same state-dict keys, same values) that runs on a
+    contiguous copy of a channels-last input and hands back channels-last.
+
+    Why: on CPU, PyTorch's GroupNorm kernels are several times slower on channels-last
+    tensors than on contiguous ones (backward at 8×8×128×128: 17.5 ms against 3.5 ms on the
+    2-core development machine), while the convolutions around them are faster in
+    channels-last. Two copies cost less than the difference: a training step of the main
+    job's net (batch 8, 128²) takes 0.60 s this way, 0.66 s with plain GroupNorm in
+    channels-last, 0.68 s all contiguous. Contiguous inputs (and any input on a GPU) take
+    the plain path, so tracing and export see an ordinary GroupNorm.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        # CPU only: on a GPU this was not measured, so GroupNorm keeps its own path there.
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return y.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+def use_channels_first_group_norm(module: nn.Module) -> nn.Module:
+    """Swap every plain ``nn.GroupNorm`` under ``module`` for :class:`ChannelsFirstGroupNorm`
+    (in place; parameters are moved, not copied, so an optimizer built before still holds
+    them). Returns ``module``."""
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.GroupNorm:
+                norm = ChannelsFirstGroupNorm(
+                    child.num_groups, child.num_channels, child.eps, child.affine
+                )
+                if child.affine:
+                    norm.weight, norm.bias = child.weight, child.bias
+                setattr(parent, name, norm)
+    return module
 
 
 def build_segresnet(in_channels: int, init_filters: int, dropout_prob: float | None) -> SegResNet:
@@ -27,13 +71,14 @@ def build_segresnet(in_channels: int, init_filters: int, dropout_prob: float | N
             f"8 groups), got {init_filters!r}"
         )
     check_probability("dropout_prob", dropout_prob)
-    return SegResNet(
+    net = SegResNet(
         spatial_dims=2,
         in_channels=in_channels,
         out_channels=1,
         init_filters=init_filters,
         dropout_prob=dropout_prob,
     )
+    return use_channels_first_group_norm(net)
 
 
 def segresnet_channels(init_filters: int) -> dict[int, int]:

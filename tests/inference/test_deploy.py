@@ -148,3 +148,27 @@ def test_serving_session_options():
     assert opts.get_session_config_entry("session.set_denormal_as_zero") == "1"
     quiet = session_options(1, spinning=False)
     assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_auc_ignores_float_noise_between_equal_probabilities():
+    """A lossless export moves probabilities by ~1e-9; near-equal probabilities (an untrained
+    net's) must not swap places in the gate's AUC because of it."""
+    from types import SimpleNamespace
+
+    class Fixed:
+        def __init__(self, probs):
+            self.probs = iter(probs)
+
+        def predict_gray(self, image):
+            return SimpleNamespace(mask=None, probability=next(self.probs))
+
+    samples = [
+        GateSample(f"s{i}", np.zeros((4, 4)), np.zeros((4, 4), bool), i % 2) for i in range(8)
+    ]
+    base = 0.5002354 + np.array([3, 0, 4, 0, 6, 0, 3, 2]) * 1e-9
+    noisy = base + np.array([0, 1, -1, 2, -2, 1, 0, 3]) * 1e-9
+    a, b = evaluate(Fixed(base), samples), evaluate(Fixed(noisy), samples)
+    assert a.auc == b.auc == 0.5
+    # Real differences are kept.
+    spread = evaluate(Fixed([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]), samples)
+    assert spread.auc == 1.0
