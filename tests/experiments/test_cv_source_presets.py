@@ -13,13 +13,9 @@ RECIPE = str(configs.preset("recipes/cpu.yaml"))
 SYNTHETIC = str(configs.preset("data/synthetic.yaml"))
 
 
-def _source(dm):
-    return dm.source if hasattr(dm, "source") else dm.sources
-
-
 def test_source_preset_as_a_config_file():
     dm = build_datamodule([BASE, SYNTHETIC, RECIPE])
-    assert type(_source(dm)).__name__ == "SyntheticSource"
+    assert type(dm.source).__name__ == "SyntheticSource"
     assert dm.image_size == 128  # the recipe, after the preset, still applies
 
 
@@ -32,5 +28,5 @@ def test_source_preset_as_a_config_file():
 )
 def test_source_preset_as_a_data_sources_argument(extra):
     dm = build_datamodule([BASE, RECIPE], extra)
-    assert type(_source(dm)).__name__ == "SyntheticSource"
+    assert type(dm.source).__name__ == "SyntheticSource"
     assert dm.image_size == 96
