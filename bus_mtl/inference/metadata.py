@@ -39,8 +39,8 @@ class ModelInfo:
         decision_threshold: malignancy decision threshold on the calibrated probability
             (K = 1), fitted on the validation part at training time; ``None`` (exports
             from before it existed): ``threshold``.
-        threshold_rule: how ``decision_threshold`` was chosen (``youden``,
-            ``sensitivity>=0.9``, ``fixed``, ``argmax`` for K = 3).
+        threshold_rule: how ``decision_threshold`` was chosen (``youden_binormal``,
+            ``youden``, ``sensitivity>=0.9``, ``fixed``, ``argmax`` for K = 3).
         class_names: names of the class indices (K = 1: index 0 = benign, 1 = malignant).
         variant: ``bus_mtl.models`` variant name.
         has_seg, has_cls: which outputs the network has.

@@ -26,7 +26,8 @@ from bus_mtl.training.checkpoint import net_state_dict
 from bus_mtl.training.metrics import ECE_BINS, MALIGNANT, brier_score, calibration_error
 
 LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3] ≈ [0.05, 20]
-THRESHOLD_RULES = ("youden", "sensitivity", "fixed")
+THRESHOLD_RULES = ("youden_binormal", "youden", "sensitivity", "fixed")
+BINORMAL_GRID = 4001  # cut-offs searched on the logit scale by the binormal Youden rule
 # Logits whose standard deviation is below this carry no ranking worth calibrating: the
 # signature of a collapsed network (e.g. BatchNorm statistics that never caught up).
 MIN_LOGIT_STD = 1e-2
@@ -87,24 +88,65 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> floa
     return math.exp(refined)
 
 
+def binormal_youden_threshold(probs: Tensor, labels: Tensor) -> float | None:
+    """The cut-off maximising Youden's J under a binormal model of the two classes' logits.
+
+    Each class's ``logit(p)`` is modelled as a normal distribution (mean and standard
+    deviation of that class), and ``J(c) = Phi((c - m0) / s0) - Phi((c - m1) / s1)`` is
+    maximised over a fine grid of cut-offs (the "normal method" of Fluss, Faraggi & Reiser,
+    Biometrical Journal 2005). The empirical maximiser of J jumps with single images when a
+    class has a few dozen; the fitted one moves with the means and spreads of all of them.
+
+    Args:
+        probs: (N,) probabilities in (0, 1).
+        labels: (N,) 0/1 labels.
+
+    Returns:
+        the threshold on the probability scale, or ``None`` when the model does not apply:
+        fewer than two images of a class, a class with no spread, or no cut-off with J > 0
+        (a classifier that ranks the classes the wrong way round).
+    """
+    z = torch.logit(probs.double().clamp(1e-6, 1 - 1e-6))
+    z0, z1 = z[labels == 0], z[labels == 1]
+    if len(z0) < 2 or len(z1) < 2:
+        return None
+    m0, s0, m1, s1 = z0.mean(), z0.std(), z1.mean(), z1.std()
+    if not (float(s0) > 0 and float(s1) > 0):
+        return None
+    grid = torch.linspace(float(z.min()) - 1, float(z.max()) + 1, BINORMAL_GRID, dtype=z.dtype)
+    j = torch.special.ndtr((grid - m0) / s0) - torch.special.ndtr((grid - m1) / s1)
+    best = int(torch.argmax(j))
+    if float(j[best]) <= 0:
+        return None
+    return float(torch.sigmoid(grid[best]))
+
+
 def choose_threshold(
     probs: Tensor,
     labels: Tensor,
-    rule: str = "youden",
+    rule: str = "youden_binormal",
     target_sensitivity: float = 0.9,
     default: float = 0.5,
 ) -> float:
     """The decision threshold ``t`` (predict malignant when ``p > t``) chosen on ``probs``.
 
-    * ``"youden"``: maximises Youden's J = sensitivity + specificity - 1 (the first, i.e.
-      highest, threshold on ties);
+    * ``"youden_binormal"`` (default): maximises Youden's J = sensitivity + specificity - 1
+      of a binormal model fitted to the logits of each class
+      (:func:`binormal_youden_threshold`; the empirical rule where the model does not apply);
+    * ``"youden"``: maximises the empirical J (the first, i.e. highest, threshold on ties);
     * ``"sensitivity"``: the highest threshold whose sensitivity is at least
       ``target_sensitivity`` (a screening operating point);
     * ``"fixed"``: ``default``.
 
-    The returned value lies half-way between the chosen ROC point's probability and the next
-    lower one, so it does not sit on a validation image's probability. ``default`` is
-    returned when one class is missing.
+    Why binormal by default: with ~25 malignant validation images the empirical maximiser
+    moves with single images (BUSI 5-fold: 0.145 to 0.641 across folds). Fitted on one half
+    of each fold's validation part and scored on the other (300 splits), the binormal rule
+    gave the higher min(sensitivity, specificity) on 5 of 5 folds (0.767 vs 0.736 on
+    average) at the same balanced accuracy (+0.003); README, "Threshold rule".
+
+    The empirical rules return a value half-way between the chosen ROC point's probability
+    and the next lower one, so it does not sit on a validation image's probability.
+    ``default`` is returned when one class is missing.
 
     Args:
         probs: (N,) malignancy probabilities (calibrated: the threshold is applied to them).
@@ -116,6 +158,11 @@ def choose_threshold(
     probs, labels = probs[keep].double(), (labels[keep] == 1).long()
     if rule == "fixed" or labels.numel() == 0 or int(labels.sum()) in (0, labels.numel()):
         return float(default)
+    if rule == "youden_binormal":
+        fitted = binormal_youden_threshold(probs, labels)
+        if fitted is not None:
+            return float(min(max(fitted, 1e-6), 1 - 1e-6))
+        rule = "youden"
     fpr, tpr, thresholds = binary_roc(probs, labels)
     # thresholds descend; point i predicts malignant for p >= thresholds[i]. Point 0 is the
     # "nothing malignant" corner (threshold 1 or above): never chosen.
@@ -209,8 +256,9 @@ class TemperatureCalibration(Callback):
     Args:
         max_iter: LBFGS iterations.
         n_bins: bins of the expected calibration error.
-        threshold_rule: ``"youden"`` (default: maximal sensitivity + specificity),
-            ``"sensitivity"`` (the highest threshold reaching ``target_sensitivity``, a
+        threshold_rule: ``"youden_binormal"`` (default: maximal sensitivity +
+            specificity of a binormal fit to the logits), ``"youden"`` (the empirical
+            maximum), ``"sensitivity"`` (the highest threshold reaching ``target_sensitivity``, a
             screening user's choice) or ``"fixed"`` (the module's ``threshold``).
         target_sensitivity: for ``threshold_rule="sensitivity"``, in (0, 1].
     """
@@ -219,7 +267,9 @@ class TemperatureCalibration(Callback):
         self,
         max_iter: int = 100,
         n_bins: int = ECE_BINS,
-        threshold_rule: Literal["youden", "sensitivity", "fixed"] = "youden",
+        threshold_rule: Literal["youden_binormal", "youden", "sensitivity", "fixed"] = (
+            "youden_binormal"
+        ),
         target_sensitivity: float = 0.9,
     ) -> None:
         if max_iter < 1:

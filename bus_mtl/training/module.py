@@ -226,7 +226,7 @@ class MultiTaskModule(pl.LightningModule):
         self.lr_scales = check_lr_scales(lr_scales)
         self.register_buffer("temperature", torch.ones(()))
         # Image-level decision threshold on the calibrated malignancy probability; fitted on
-        # the validation part by TemperatureCalibration (Youden's J by default).
+        # the validation part by TemperatureCalibration (Youden's J, binormal, by default).
         self.register_buffer("decision_threshold", torch.tensor(float(threshold)))
         self.threshold_rule = "fixed"
         # Per test-time augmentation mode, the operating point fitted for it (a TTA module's

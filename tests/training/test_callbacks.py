@@ -166,19 +166,20 @@ def test_temperature_goes_into_module_and_checkpoints(calibrated_run):
 
 def test_decision_threshold_goes_into_checkpoints_and_test_metrics(calibrated_run):
     module, ckpt, dm = calibrated_run["module"], calibrated_run["ckpt"], calibrated_run["dm"]
-    # Youden's J on the validation part's calibrated probabilities, for the current weights.
+    # Youden's J (binormal, the default) on the validation part's calibrated probabilities,
+    # for the current weights.
     module.eval()
     with torch.no_grad():
         batches = [dm.normalize_batch(b) for b in dm.val_dataloader()]
         logits = torch.cat([module.net(b["image"]).logits for b in batches])
         labels = torch.cat([b["label"] for b in batches])
     probs = torch.sigmoid(logits[:, 0] / module.temperature)
-    expected = choose_threshold(probs, labels, "youden")
+    expected = choose_threshold(probs, labels, "youden_binormal")
     assert float(module.decision_threshold) == pytest.approx(expected, rel=1e-5)
-    assert module.threshold_rule == "youden"
+    assert module.threshold_rule == "youden_binormal"
     for path in (ckpt.last_model_path, ckpt.best_model_path):
         meta = load_checkpoint(path)["bus_mtl"]
-        assert meta["threshold_rule"] == "youden"
+        assert meta["threshold_rule"] == "youden_binormal"
         assert 0 < meta["decision_threshold"] < 1
         assert "brier_skill" in meta["calibration"]
         state = load_checkpoint(path)["state_dict"]
