@@ -8,12 +8,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from bus_mtl.data import BUSDataModule, SyntheticSource
 from bus_mtl.models import SharedEncoder
 from bus_mtl.models.rebuild import load_checkpoint, load_net
 from bus_mtl.training.calibration import TemperatureCalibration, collect_logits, fit_temperature
 from bus_mtl.training.ema import EMA, ema_decay_at
 from bus_mtl.training.module import MultiTaskModule
+from tests.training.test_module import make_datamodule, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,23 +46,9 @@ def ema_run(tmp_path_factory, synthetic_root):
     ckpt = ModelCheckpoint(dirpath=root / "ckpt", monitor="val/score", mode="max", save_last=True)
     recorder, ema = _Recorder(), EMA(decay=0.9)
     calibration = TemperatureCalibration()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        # EMA listed after the calibration, as a recipe's `callbacks+` puts it.
-        callbacks=[ckpt, recorder, calibration, ema],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    dm = BUSDataModule(
-        SyntheticSource(n=32, image_size=64, seed=0, root=synthetic_root),
-        image_size=64,
-        batch_size=6,
-        n_folds=4,
-        val_fraction=0.25,
-    )
+    # EMA listed after the calibration, as a recipe's `callbacks+` puts it.
+    trainer = make_trainer(root, max_epochs=2, callbacks=[ckpt, recorder, calibration, ema])
+    dm = make_datamodule(synthetic_root)
     trainer.fit(module, datamodule=dm)
     return {"module": module, "trainer": trainer, "ckpt": ckpt, "dm": dm, "recorder": recorder}
 
