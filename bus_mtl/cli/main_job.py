@@ -230,6 +230,12 @@ def _report(cli: Any, paths: dict[str, Any], test_metrics: dict[str, float]) -> 
         )
     for key in sorted(test_metrics):
         lines.append(f"  {key:<22} {test_metrics[key]:.4f}")
+    rule = getattr(cli.model, "threshold_rule", None)
+    if rule and "test/decision_threshold" in test_metrics:
+        lines.append(
+            f"decision rule   : malignant when P > {test_metrics['test/decision_threshold']:.4f} "
+            f"(threshold rule {rule}, fitted on the validation part; the checkpoint stores it)"
+        )
     return lines
 
 

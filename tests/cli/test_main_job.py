@@ -122,6 +122,9 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     assert Path(lines["metrics CSV"]).is_file()
     assert "wandb sync" in out and "test/dice" in out
     net, meta = load_net(best)
+    # The report names the stored operating point the test metrics used.
+    assert lines["decision rule"].startswith(f"malignant when P > {meta['decision_threshold']:.4f}")
+    assert f"threshold rule {meta['threshold_rule']}" in lines["decision rule"]
     assert meta["variant"] == "seg_features_effnet" and meta["image_size"] == 64
     assert meta["tta"] == "hflip"  # the CPU recipe evaluates with flip TTA
     (wandb_line,) = [line for line in out.splitlines() if line.startswith("W&B run (offline):")]
