@@ -41,7 +41,9 @@ def fold_probabilities(run: Path) -> dict[str, np.ndarray]:
     config_path = run / "threshold_rules_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     try:
-        dm = build_cli(["--config", str(config_path), "--trainer.logger=false"], run=False).datamodule
+        dm = build_cli(
+            ["--config", str(config_path), "--trainer.logger=false"], run=False
+        ).datamodule
     finally:
         config_path.unlink()
     dm.setup("fit")
@@ -67,7 +69,9 @@ def fold_probabilities(run: Path) -> dict[str, np.ndarray]:
 
 def rates(p: np.ndarray, y: np.ndarray, t: float) -> tuple[float, float]:
     pred = p > t
-    return float((pred & (y == 1)).sum() / (y == 1).sum()), float((~pred & (y == 0)).sum() / (y == 0).sum())
+    return float((pred & (y == 1)).sum() / (y == 1).sum()), float(
+        (~pred & (y == 0)).sum() / (y == 0).sum()
+    )
 
 
 def threshold(p: np.ndarray, y: np.ndarray, rule: str) -> float:
@@ -115,23 +119,37 @@ def main() -> None:
             raise SystemExit(f"{fold_dir}: no */version_*/checkpoints folder (not a finished fold)")
         rows[fold_dir.name] = compare(fold_probabilities(runs[-1].parent), args.splits, rng)
         r = rows[fold_dir.name]
-        print(fold_dir.name, "  ".join(
-            f"{rule}: half bal {v['val_half_balanced_acc']:.4f} min {v['val_half_min_sens_spec']:.4f}"
-            for rule, v in r.items()), flush=True)
+        print(
+            fold_dir.name,
+            "  ".join(
+                f"{rule}: half bal {v['val_half_balanced_acc']:.4f} min {v['val_half_min_sens_spec']:.4f}"
+                for rule, v in r.items()
+            ),
+            flush=True,
+        )
     print(f"\nvalidation half-splits ({args.splits} per fold), mean ± std over folds:")
     for rule in RULES:
         b = [rows[f][rule]["val_half_balanced_acc"] for f in rows]
         m = [rows[f][rule]["val_half_min_sens_spec"] for f in rows]
-        wins = sum(rows[f][rule]["val_half_min_sens_spec"] > rows[f]["youden"]["val_half_min_sens_spec"] for f in rows)
-        print(f"  {rule:16s} balanced acc {np.mean(b):.3f} ± {np.std(b, ddof=1):.3f}   "
-              f"min(sens, spec) {np.mean(m):.3f} ± {np.std(m, ddof=1):.3f}   above youden on {wins} folds")
-    print("\npost hoc, fitted on the whole validation part, on the test part (reported, not for choosing):")
+        wins = sum(
+            rows[f][rule]["val_half_min_sens_spec"] > rows[f]["youden"]["val_half_min_sens_spec"]
+            for f in rows
+        )
+        print(
+            f"  {rule:16s} balanced acc {np.mean(b):.3f} ± {np.std(b, ddof=1):.3f}   "
+            f"min(sens, spec) {np.mean(m):.3f} ± {np.std(m, ddof=1):.3f}   above youden on {wins} folds"
+        )
+    print(
+        "\npost hoc, fitted on the whole validation part, on the test part (reported, not for choosing):"
+    )
     for rule in RULES:
         se = [rows[f][rule]["test_sensitivity"] for f in rows]
         sp = [rows[f][rule]["test_specificity"] for f in rows]
         ts = [round(rows[f][rule]["threshold"], 3) for f in rows]
-        print(f"  {rule:16s} sensitivity {np.mean(se):.3f} ± {np.std(se, ddof=1):.3f}   "
-              f"specificity {np.mean(sp):.3f} ± {np.std(sp, ddof=1):.3f}   thresholds {ts}")
+        print(
+            f"  {rule:16s} sensitivity {np.mean(se):.3f} ± {np.std(se, ddof=1):.3f}   "
+            f"specificity {np.mean(sp):.3f} ± {np.std(sp, ddof=1):.3f}   thresholds {ts}"
+        )
     out = args.cv_dir / "threshold_rules.json"
     out.write_text(json.dumps(rows, indent=1))
     print(f"\nwritten: {out}")

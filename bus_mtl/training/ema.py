@@ -116,9 +116,3 @@ class EMA(WeightAveraging):
     ) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: raw weights and the average
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "decay": self.decay}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict({"latest_update_step": state_dict["latest_update_step"]})

@@ -65,9 +65,7 @@ def test_average_follows_the_warmed_up_formula(ema_run):
     for k, v in net.named_parameters():
         torch.testing.assert_close(v.detach(), expected[k], rtol=1e-5, atol=1e-6)
         # ... and not the raw weights of the last step.
-    assert any(
-        not torch.allclose(v.detach(), steps[-1][k]) for k, v in net.named_parameters()
-    )
+    assert any(not torch.allclose(v.detach(), steps[-1][k]) for k, v in net.named_parameters())
 
 
 def test_callback_moves_ahead_of_calibration_which_fits_the_average(ema_run):
@@ -88,7 +86,8 @@ def test_checkpoints_hold_the_average_and_keep_the_raw_weights(ema_run):
     for k, v in module.net.state_dict().items():
         torch.testing.assert_close(rebuilt.state_dict()[k], v, msg=k)
     differs = [
-        k for k, v in module.net.state_dict().items()
+        k
+        for k, v in module.net.state_dict().items()
         if v.is_floating_point() and not torch.allclose(raw[f"net.{k}"], v)
     ]
     assert differs, "current_model_state should hold the raw (not averaged) weights"

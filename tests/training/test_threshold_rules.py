@@ -27,9 +27,11 @@ def _density_crossing(m0: float, s0: float, m1: float, s1: float) -> float:
     a = 1 / s0**2 - 1 / s1**2
     b = -2 * (m0 / s0**2 - m1 / s1**2)
     c = m0**2 / s0**2 - m1**2 / s1**2 + 2 * math.log(s0 / s1)
-    roots = [-c / b] if abs(a) < 1e-12 else [
-        (-b + sign * math.sqrt(b * b - 4 * a * c)) / (2 * a) for sign in (1, -1)
-    ]
+    roots = (
+        [-c / b]
+        if abs(a) < 1e-12
+        else [(-b + sign * math.sqrt(b * b - 4 * a * c)) / (2 * a) for sign in (1, -1)]
+    )
     return next(r for r in roots if min(m0, m1) < r < max(m0, m1))
 
 

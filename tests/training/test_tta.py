@@ -105,7 +105,9 @@ def test_calibration_fits_on_the_tta_logits(tta_run):
     t = fit_temperature(flipped, labels)
     assert float(module.temperature) == pytest.approx(t, rel=1e-5)
     assert fit_temperature(bare, labels) != pytest.approx(t, rel=1e-5)  # the test can tell
-    expected = choose_threshold(torch.sigmoid(flipped[:, 0].double() / t), labels, "youden_binormal")
+    expected = choose_threshold(
+        torch.sigmoid(flipped[:, 0].double() / t), labels, "youden_binormal"
+    )
     assert float(module.decision_threshold) == pytest.approx(expected, rel=1e-5)
     # The checkpoint's values were fitted on the TTA logits of its own weights (the last
     # checkpoint holds the current ones).
@@ -154,7 +156,9 @@ def test_a_tta_checkpoint_also_carries_its_single_pass_operating_point(tta_run, 
         labels = torch.cat([b["label"] for b in batches])
         bare = torch.cat([module.net(b["image"]).logits for b in batches])
     t_bare = fit_temperature(bare, labels)
-    th_bare = choose_threshold(torch.sigmoid(bare[:, 0].double() / t_bare), labels, "youden_binormal")
+    th_bare = choose_threshold(
+        torch.sigmoid(bare[:, 0].double() / t_bare), labels, "youden_binormal"
+    )
     path = tta_run["path"]
     meta = load_checkpoint(path)["bus_mtl"]
     points = meta["operating_points"]
