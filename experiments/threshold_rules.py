@@ -17,16 +17,19 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from bus_mtl.cli.lightning import build_cli
+# run as `python experiments/threshold_rules.py`: its folder is on sys.path
+from tta_posthoc import datamodule_of_run
+
 from bus_mtl.models import with_tta
 from bus_mtl.training.calibration import choose_threshold
+from bus_mtl.training.metrics import binary_metrics
 from bus_mtl.training.module import MultiTaskModule
 
 RULES = ("youden", "youden_binormal", "fixed")
@@ -35,19 +38,8 @@ RULES = ("youden", "youden_binormal", "fixed")
 def fold_probabilities(run: Path) -> dict[str, np.ndarray]:
     """Calibrated validation and test probabilities of ``run``'s best checkpoint."""
     ckpt = sorted(glob.glob(str(run / "checkpoints" / "best-*.ckpt")))[0]
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    for key in ("ckpt_path", "weights_only"):
-        config.pop(key, None)
-    config_path = run / "threshold_rules_config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    try:
-        dm = build_cli(
-            ["--config", str(config_path), "--trainer.logger=false"], run=False
-        ).datamodule
-    finally:
-        config_path.unlink()
-    dm.setup("fit")
-    dm.setup("test")
+    with tempfile.TemporaryDirectory() as scratch:
+        dm = datamodule_of_run(run, Path(scratch) / "config.yaml")
     module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     net = with_tta(module.net, module.tta).eval()
     temperature = float(module.temperature)
@@ -68,10 +60,9 @@ def fold_probabilities(run: Path) -> dict[str, np.ndarray]:
 
 
 def rates(p: np.ndarray, y: np.ndarray, t: float) -> tuple[float, float]:
-    pred = p > t
-    return float((pred & (y == 1)).sum() / (y == 1).sum()), float(
-        (~pred & (y == 0)).sum() / (y == 0).sum()
-    )
+    """Sensitivity and specificity at ``p > t``, by the project's one definition."""
+    m = binary_metrics(torch.from_numpy(p), torch.from_numpy(y), t)
+    return float(m["sensitivity"]), float(m["specificity"])
 
 
 def threshold(p: np.ndarray, y: np.ndarray, rule: str) -> float:

@@ -55,18 +55,24 @@ def collect(dm: Any, loader: Any, net: torch.nn.Module) -> tuple[torch.Tensor, t
     return torch.cat(logits), torch.cat(labels), dice
 
 
-def evaluate_fold(fold: Path, out: Path, k: int) -> list[dict[str, Any]]:
-    run = fold / "SegResNetEffNetFeatures" / "version_0"
-    ckpt = sorted(glob.glob(str(run / "checkpoints" / "best-*.ckpt")))[0]
-    # The fold's saved fit config, minus the fit-only keys build_cli(run=False) refuses.
+def datamodule_of_run(run: Path, config_path: Path) -> Any:
+    """The data module of a finished run (its split, size, normalisation), set up for fit and
+    test: rebuilt from the run's ``config.yaml``, written to ``config_path`` minus the
+    fit-only keys that ``build_cli(run=False)`` refuses."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     for key in ("ckpt_path", "weights_only"):
         config.pop(key, None)
-    path = out / f"fold{k}_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    dm = build_cli(["--config", str(path), "--trainer.logger=false"], run=False).datamodule
+    config_path.write_text(yaml.safe_dump(config))
+    dm = build_cli(["--config", str(config_path), "--trainer.logger=false"], run=False).datamodule
     dm.setup("fit")
     dm.setup("test")
+    return dm
+
+
+def evaluate_fold(fold: Path, out: Path, k: int) -> list[dict[str, Any]]:
+    run = fold / "SegResNetEffNetFeatures" / "version_0"
+    ckpt = sorted(glob.glob(str(run / "checkpoints" / "best-*.ckpt")))[0]
+    dm = datamodule_of_run(run, out / f"fold{k}_config.yaml")
     model = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     rows = []
     for mode, net in (("none", model.net.eval()), ("hflip", FlipTTA(model.net).eval())):

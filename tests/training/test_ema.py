@@ -64,7 +64,7 @@ def test_average_follows_the_warmed_up_formula(ema_run):
     net = ema_run["module"].net
     for k, v in net.named_parameters():
         torch.testing.assert_close(v.detach(), expected[k], rtol=1e-5, atol=1e-6)
-        # ... and not the raw weights of the last step.
+    # ... and not the raw weights of the last step.
     assert any(not torch.allclose(v.detach(), steps[-1][k]) for k, v in net.named_parameters())
 
 
