@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -87,6 +89,8 @@ class CrossStitch(MTLNet):
         self_weight: initial α of a branch's own features (Misra et al.: 0.9).
         dropout_prob: SegResNet's dropout after its first convolution.
         pretrained: ``None``, a checkpoint path, ``"imagenet"`` or ``"lite0-offline"``.
+        norm: SegResNet's normalisation, ``"group"`` (the paper's) or ``"batch"`` (folds
+            into the convolutions when deployed; see ``SEGRESNET_NORMS``).
 
     Shapes: B×C×H×W (H, W multiples of 32) -> ``MTLOutput(mask=B×1×H×W, logits=B×K)``.
     """
@@ -104,10 +108,11 @@ class CrossStitch(MTLNet):
         self_weight: float = 0.9,
         dropout_prob: float | None = None,
         pretrained: str | None = None,
+        norm: Literal["group", "batch"] = "group",
     ) -> None:
         super().__init__(in_channels, num_classes)
         self.model_name = model_name
-        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
+        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob, norm)
         self.effnet = build_efficientnet(model_name, in_channels, num_classes)
         layout = effnet_layout(self.effnet)
         seg = segresnet_channels(init_filters)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,6 +54,8 @@ class MaskGuidedCascade(MTLNet):
         dropout_prob: SegResNet's dropout after its first convolution.
         pretrained: ``None``, a checkpoint path, ``"imagenet"`` or ``"lite0-offline"``;
             the mask channel of the pretrained stem starts at zero.
+        norm: SegResNet's normalisation, ``"group"`` (the paper's) or ``"batch"`` (folds
+            into the convolutions when deployed; see ``SEGRESNET_NORMS``).
 
     Shapes: B×C×H×W (H, W multiples of 32) -> ``MTLOutput(mask=B×1×H×W, logits=B×K)``.
     """
@@ -70,12 +74,13 @@ class MaskGuidedCascade(MTLNet):
         detach_mask: bool = False,
         dropout_prob: float | None = None,
         pretrained: str | None = None,
+        norm: Literal["group", "batch"] = "group",
     ) -> None:
         super().__init__(in_channels, num_classes)
         self.model_name = model_name
         self.attention_pooling = attention_pooling
         self.detach_mask = detach_mask
-        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
+        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob, norm)
         self.effnet = build_efficientnet(model_name, in_channels + 1, num_classes)
         if attention_pooling:
             head = effnet_layout(self.effnet).head_channels

@@ -71,6 +71,8 @@ class SegResNetEffNetFeatures(MTLNet):
         dropout_prob: SegResNet's dropout after its first convolution.
         pretrained: ``None``, a checkpoint path, ``"imagenet"`` or ``"lite0-offline"``;
             ImageNet weights go into the EfficientNet blocks and head (the stem is replaced).
+        norm: SegResNet's normalisation, ``"group"`` (the paper's) or ``"batch"`` (folds
+            into the convolutions when deployed; see ``SEGRESNET_NORMS``).
 
     Shapes: B×C×H×W (H, W multiples of 32) -> ``MTLOutput(mask=B×1×H×W, logits=B×K)``.
     """
@@ -88,6 +90,7 @@ class SegResNetEffNetFeatures(MTLNet):
         init_filters: int = 16,
         dropout_prob: float | None = None,
         pretrained: str | None = None,
+        norm: Literal["group", "batch"] = "group",
     ) -> None:
         super().__init__(in_channels, num_classes)
         if feature_source not in FEATURE_SOURCES:
@@ -96,7 +99,7 @@ class SegResNetEffNetFeatures(MTLNet):
             )
         self.model_name = model_name
         self.feature_source = feature_source
-        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
+        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob, norm)
         # Built with 3 input channels so ImageNet state dicts fit; the stem is removed below.
         self.effnet = build_efficientnet(model_name, 3, num_classes)
         layout = effnet_layout(self.effnet)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +34,8 @@ class SharedEncoder(MTLNet):
         cls_dropout: dropout before the last linear layer.
         dropout_prob: SegResNet's dropout after its first convolution.
         pretrained: ``None`` or a checkpoint path of this variant.
+        norm: SegResNet's normalisation, ``"group"`` (the paper's) or ``"batch"`` (folds
+            into the convolutions when deployed; see ``SEGRESNET_NORMS``).
 
     Shapes: B×C×H×W (H, W multiples of 8) -> ``MTLOutput(mask=B×1×H×W, logits=B×K)``.
     """
@@ -49,12 +53,13 @@ class SharedEncoder(MTLNet):
         cls_dropout: float = 0.3,
         dropout_prob: float | None = None,
         pretrained: str | None = None,
+        norm: Literal["group", "batch"] = "group",
     ) -> None:
         super().__init__(in_channels, num_classes)
         if hidden_dim < 1:
             raise ValueError(f"hidden_dim must be positive, got {hidden_dim!r}")
         check_probability("cls_dropout", cls_dropout)
-        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob)
+        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob, norm)
         bottleneck = init_filters * SEGRESNET_DIVISOR
         self.cls_head = nn.Sequential(
             nn.Linear(2 * bottleneck, hidden_dim),
