@@ -150,32 +150,26 @@ class FrozenGroupNorm(nn.Module):
 def freeze_group_norms(net: nn.Module, batches: list[np.ndarray]) -> nn.Module:
     """A copy of ``net`` with each GroupNorm frozen at its mean group statistics on
     ``batches``."""
+    out = copy.deepcopy(net).eval()
     stats: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def record(module, inputs, _output):
         x = inputs[0].reshape(inputs[0].shape[0], module.num_groups, -1)
         stats.setdefault(module, []).append((x.mean(-1), x.var(-1, unbiased=False)))
 
-    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
-    hooks = [m.register_forward_hook(record) for m in norms]
+    hooks = [m.register_forward_hook(record) for m in out.modules() if isinstance(m, nn.GroupNorm)]
     with torch.inference_mode():
         for b in batches:
-            net(torch.from_numpy(b))
+            out(torch.from_numpy(b))
     for h in hooks:
         h.remove()
-    frozen = {
-        m: FrozenGroupNorm(m, torch.cat([s[0] for s in stats[m]]).mean(0),
-                           torch.cat([s[1] for s in stats[m]]).mean(0))
-        for m in norms
-    }  # fmt: skip
-    out = copy.deepcopy(net)
-    originals = dict(zip(norms, [m for m in out.modules() if isinstance(m, nn.GroupNorm)]))
-    for parent in out.modules():
+    for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
-            for m, copied in originals.items():
-                if child is copied:
-                    setattr(parent, name, frozen[m])
-    return out.eval()
+            if child in stats:
+                mean = torch.cat([s[0] for s in stats[child]]).mean(0)
+                var = torch.cat([s[1] for s in stats[child]]).mean(0)
+                setattr(parent, name, FrozenGroupNorm(child, mean, var))
+    return out
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ SEGRESNET_DIVISOR = 8
 # paper's. "batch" (BatchNorm2d) is the deployment-minded choice: at inference BatchNorm is
 # a fixed per-channel affine that onnxruntime folds into the convolutions (or runs in their
 # NCHWc layout), while GroupNorm's per-image statistics leave the layout on every block. On
-# the 2-core development machine the main job's net ran at 51 ms in onnxruntime with
-# "batch" against 61 ms with "group" (256², random weights; PyTorch eager 122 vs 125 ms).
+# the 2-core development machine the main job's net ran at 51.3 ms in onnxruntime with
+# "batch" against 65.1 ms with "group" (256², random weights; PyTorch eager 110.8 vs 114.4
+# ms; experiments/deploy_routes.py). Accuracy on BUSI 5-fold: README, Results.
 SEGRESNET_NORMS = ("group", "batch")
 
 
@@ -69,7 +70,10 @@ def use_channels_first_group_norm(module: nn.Module) -> nn.Module:
 
 
 def build_segresnet(
-    in_channels: int, init_filters: int, dropout_prob: float | None, norm: str = "group"
+    in_channels: int,
+    init_filters: int,
+    dropout_prob: float | None,
+    norm: Literal["group", "batch"] = "group",
 ) -> SegResNet:
     """A 2-D MONAI SegResNet with one output channel (the lesion logit).
 
