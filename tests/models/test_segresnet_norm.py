@@ -14,8 +14,6 @@ from bus_mtl.models import create, export_wrapper, list_variants, variant_class
 from bus_mtl.models.efficientnet_parts import BN_MOMENTUM
 from bus_mtl.models.segresnet import SEGRESNET_NORMS
 
-from .conftest import small
-
 # The variants built on SegResNet are the ones with a ``norm`` argument.
 WITH_NORM = [n for n in list_variants() if "norm" in inspect.signature(variant_class(n)).parameters]
 
@@ -33,8 +31,8 @@ def test_every_segresnet_variant_has_the_choice():
 
 
 @pytest.mark.parametrize("name", WITH_NORM)
-def test_batch_norm_replaces_every_group_norm(name):
-    grouped, batched = small(name), small(name, norm="batch")
+def test_batch_norm_replaces_every_group_norm(make_net, name):
+    grouped, batched = make_net(name), make_net(name, norm="batch")
     assert any(isinstance(m, nn.GroupNorm) for m in grouped.segresnet.modules())
     assert not any(isinstance(m, nn.GroupNorm) for m in batched.modules())
     norms = [m for m in batched.segresnet.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -67,6 +65,7 @@ def test_only_group_norm_needs_multiples_of_eight():
 def _optimised_ops(net: nn.Module, tmp_path, name: str) -> tuple[set[str], float]:
     """Op types of the onnxruntime-optimised graph (the serving session's level) and the
     largest |onnxruntime - PyTorch| of the mask."""
+    import onnx
     import onnxruntime as ort
 
     from bus_mtl.inference.predictor import session_options
@@ -83,17 +82,15 @@ def _optimised_ops(net: nn.Module, tmp_path, name: str) -> tuple[set[str], float
     got = session.run(None, {"image": x.numpy()})[0]
     with torch.inference_mode():
         ref = wrapper(x)[0].numpy()
-    import onnx
-
     ops = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
     return ops, float(np.abs(got - ref).max())
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_deployed_batch_norm_leaves_no_normalisation_op(tmp_path):
+def test_deployed_batch_norm_leaves_no_normalisation_op(make_net, tmp_path):
     # Why "batch" exists: GroupNorm stays in the served graph as InstanceNormalization (with
     # reshapes and layout changes around it); BatchNorm is folded away by onnxruntime.
-    net = small("segresnet", norm="batch")
+    net = make_net("segresnet", norm="batch")
     net.train()
     with torch.no_grad():  # running statistics away from their (0, 1) start
         for _ in range(3):
@@ -101,6 +98,6 @@ def test_deployed_batch_norm_leaves_no_normalisation_op(tmp_path):
     ops, diff = _optimised_ops(net, tmp_path, "batch")
     assert not ops & {"BatchNormalization", "InstanceNormalization"}, ops
     assert diff < 1e-4
-    group_ops, group_diff = _optimised_ops(small("segresnet"), tmp_path, "group")
+    group_ops, group_diff = _optimised_ops(make_net("segresnet"), tmp_path, "group")
     assert "InstanceNormalization" in group_ops
     assert group_diff < 1e-4
