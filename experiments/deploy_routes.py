@@ -1,5 +1,5 @@
 """Where the deployed paper's-best network spends its time, and the inference routes tried
-beside ``bus-mtl bench inference`` (issue 12). On one checkpoint's single pass at 256²,
+beside ``bus-mtl bench inference`` (figures: docs/results.md). On one checkpoint's single pass at 256²,
 batch 1, ``--threads`` threads, it prints:
 
 1. per part (SegResNet encoder, SegResNet decoder, classifier: adapter, laterals and

@@ -4,8 +4,8 @@ Per fold: the best checkpoint's calibrated probabilities (its own test-time augm
 stored temperature) on the fold's validation and test parts. Each rule is fitted on one
 stratified half of the validation part and scored on the other half (balanced accuracy and
 min(sensitivity, specificity)), ``--splits`` times; then, post hoc, each rule is fitted on
-the whole validation part and applied to the test part. The README's "Threshold rule"
-table comes from
+the whole validation part and applied to the test part. The "Threshold rule" table of
+docs/results.md comes from
 
     python experiments/threshold_rules.py results/busi_5fold_cpu_v2
 

@@ -2,8 +2,8 @@
 
 Per fold: the best checkpoint, evaluated as is and wrapped in ``FlipTTA``; temperature and
 Youden threshold fitted on the fold's validation part for each; then test AUC,
-sensitivity, specificity, Brier, ECE and Dice at each image's original size. The README's
-"flip TTA on the 5-fold checkpoints" figures come from
+sensitivity, specificity, Brier, ECE and Dice at each image's original size. The
+"Flip TTA on the 5-fold checkpoints" figures of docs/results.md come from
 
     python experiments/tta_posthoc.py results/busi_5fold_cpu results/tta_5fold_posthoc
 """

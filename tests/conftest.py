@@ -112,3 +112,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: (H, W) of the images of :func:`nonsquare_root`, cycled: wide, tall, and milder ratios.
+NONSQUARE_SHAPES = ((48, 96), (96, 48), (60, 80), (80, 60))
+
+
+@pytest.fixture(scope="session")
+def nonsquare_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with 16 non-square phantom images (shapes cycling through
+    :data:`NONSQUARE_SHAPES`, 8 benign / 8 malignant; a bright ellipse lesion on speckle),
+    their 0/255 masks and ``manifest.csv`` (columns image, mask, label). Read it with
+    ``ManifestSource(nonsquare_root / "manifest.csv", centre="nonsquare")``."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("nonsquare") / "phantom"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    rows = ["image,mask,label"]
+    for i in range(16):
+        h, w = NONSQUARE_SHAPES[i % len(NONSQUARE_SHAPES)]
+        image = (rng.random((h, w)) * 70).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        centre = (int(w * rng.uniform(0.35, 0.65)), int(h * rng.uniform(0.35, 0.65)))
+        axes = (max(3, int(w * rng.uniform(0.12, 0.25))), max(3, int(h * rng.uniform(0.12, 0.25))))
+        cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
+        image[mask > 0] = 180 + (rng.random(int(mask.sum())) * 60).astype(np.uint8)
+        cv2.imwrite(str(root / f"img{i:02d}.png"), image)
+        cv2.imwrite(str(root / f"img{i:02d}_mask.png"), mask * 255)
+        rows.append(f"img{i:02d}.png,img{i:02d}_mask.png,{'malignant' if i % 2 else 'benign'}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -16,7 +16,9 @@ The default line-up, every one on the recipe's data, optimizer and schedule:
 * ``smp_unet``: the smp U-Net peer (EfficientNet-B0 encoder, from scratch: smp's ImageNet
   weights are a download);
 * ``segresnet``: SegResNet alone, at the recipe's width;
-* ``efficientnet``: EfficientNet-Lite0 alone, with the same ImageNet weights.
+* ``efficientnet``: EfficientNet-Lite0 alone, with the same ImageNet weights;
+* ``seg_crop_effnet``: segment, then classify the lesion crop (Lite0 with the same ImageNet
+  weights) cut from 256 px images, segmenting at 128 px as the recipe's model does.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ LINEUP: dict[str, Entry] = {
         Entry("smp_unet", "smp_unet"),
         Entry("segresnet", "segresnet", ("--model.net.init_args.init_filters=8",)),
         Entry("efficientnet", "efficientnet", _LITE0),
+        # Its preset's resolution: the crop is cut from 256 px (the recipe's 128 px is what
+        # it segments at).
+        Entry("seg_crop_effnet", "seg_crop_effnet", ("--data.image_size=256",)),
     )
 }
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-GOAL = 5.0  # warm / naive, issue 12
+from bus_mtl.data.io import RESIZE_MODES
+
+GOAL = 5.0  # warm / naive: caching must pay for itself many times over on a small CPU
 
 
 def _epoch(loader: DataLoader) -> tuple[int, float, dict]:
@@ -54,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--augmentation", default="light")
     p.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="squash",
+        help="how images become the square input (data.resize)",
+    )
+    p.add_argument(
         "--no-preload",
         action="store_true",
         help="warm loader reads one cached .npy per item instead of the in-RAM arrays",
@@ -82,6 +90,7 @@ def main(argv: list[str]) -> int:
         dm = BUSDataModule(
             source,
             image_size=args.image_size,
+            resize=args.resize,
             batch_size=args.batch_size,
             num_workers=args.workers,
             augmentation=args.augmentation,
@@ -98,7 +107,7 @@ def main(argv: list[str]) -> int:
         class NaiveDataset(BUSDataset):
             def load_pair(self, index):  # decode + resize from the PNGs every time
                 image, mask, _ = self.cache.decode(self.samples[index])
-                return resize_pair(image, mask, self.cache.image_size)
+                return resize_pair(image, mask, self.cache.image_size, self.cache.resize)
 
         train = dm.datasets["train"]
         naive_ds = NaiveDataset(
@@ -123,7 +132,8 @@ def main(argv: list[str]) -> int:
     paired = statistics.median(w / v for w, v in zip(warm, naive))
     ratio = warm_med / naive_med
     print(
-        f"{n} training images/epoch, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+        f"{n} training images/epoch, {args.image_size}x{args.image_size} ({args.resize}), "
+        f"batch {args.batch_size}, "
         f"{args.workers} workers, augmentation={args.augmentation!r}, {os.cpu_count()} CPUs, "
         f"load average {load_before} before / {_load()} after"
     )
@@ -152,6 +162,7 @@ def main(argv: list[str]) -> int:
             "source": which,
             "images_per_epoch": n,
             "image_size": args.image_size,
+            "resize": args.resize,
             "batch_size": args.batch_size,
             "workers": args.workers,
             "augmentation": args.augmentation,

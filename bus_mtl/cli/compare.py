@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
             "when it is not compared)"
         ),
     )
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help=(
+            "declare this the comparison to report: refuse data.tuning: off (every image "
+            "tested, so choices made on them could have seen the test images); use with "
+            "--data.tuning exclude (docs/protocol.md)"
+        ),
+    )
     return p
 
 
@@ -78,6 +87,7 @@ def main(argv: list[str]) -> int:
             argv=["compare", *argv],
             reference=args.reference,
             build=build_cli,
+            final=args.final,
         )
     except ValueError as err:
         print(f"bus-mtl compare: {err}", file=sys.stderr)

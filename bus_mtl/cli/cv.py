@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--data.tuning=exclude"
         ),
     )
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help=(
+            "declare this the run to report: refuse data.tuning: off (every image tested, so "
+            "choices made on them could have seen the test images); use with "
+            "--data.tuning exclude (docs/protocol.md)"
+        ),
+    )
     return p
 
 
@@ -74,6 +83,7 @@ def main(argv: list[str]) -> int:
                 argv=["cv", *argv],
                 tuned_by=args.tuned_by,
                 build=build_cli,
+                final=args.final,
             )
         except TuningLeak as err:
             print(f"bus-mtl cv: refused: {err}", file=sys.stderr)

@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     info = report.info
     print(
         f"  variant {info.variant or '?'}, input {info.in_channels}×{info.image_size}×"
-        f"{info.image_size}, mean {info.mean:.4f}, std {info.std:.4f}, temperature "
+        f"{info.image_size} ({info.resize}), mean {info.mean:.4f}, std {info.std:.4f}, temperature "
         f"{info.temperature:.4f}, mask threshold {info.threshold:g}, malignancy threshold "
         f"{info.class_threshold:.4f} ({info.threshold_rule or 'fixed'}), classes "
         f"{list(info.class_names)}, test-time augmentation {info.tta}"

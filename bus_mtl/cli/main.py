@@ -22,10 +22,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "with --config it is LightningCLI predict",
     ),
     "check-data": ("bus_mtl.cli.check_data:main", "validate a dataset and print its summary"),
+    "evaluate": (
+        "bus_mtl.cli.evaluate:main",
+        "score a model on a labelled set where every image is a test image (--ckpt/--model, "
+        "--manifest or --data.sources, --out): metrics.json, per-image CSV, ROC",
+    ),
     "cv": ("bus_mtl.cli.cv:main", "k-fold cross-validation of one configuration"),
     "compare": ("bus_mtl.cli.compare:main", "variant x fold comparison table with statistics"),
     "sweep": ("bus_mtl.cli.sweep:main", "run a W&B sweep file locally (optuna)"),
     "export": ("bus_mtl.cli.export:main", "export a checkpoint to ONNX or TorchScript"),
+    "calibrate": (
+        "bus_mtl.cli.calibrate:main",
+        "refit a model's operating point on a new site's cases (labelled, or --unlabelled)",
+    ),
     "bench": ("bus_mtl.cli.bench:main", "benchmarks: data | models | inference"),
     "presets": (
         "bus_mtl.cli.presets:main",

@@ -95,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="fraction (or count) of batches per epoch, for smoke tests",
     )
+    p.add_argument(
+        "--external",
+        default=None,
+        metavar="PATH|none",
+        help="external test set scored with the best checkpoint after testing (bus-mtl "
+        "evaluate): a folder holding manifest.csv, or the CSV; default: BrEaST-Lesions_USG at "
+        "$BUS_MTL_EXTERNAL or ../shared/data/breast_lesions_usg when found (not after training "
+        "on the synthetic set); none: skip",
+    )
     return p
 
 
@@ -236,12 +245,61 @@ def _report(cli: Any, paths: dict[str, Any], test_metrics: dict[str, float]) -> 
             f"decision rule   : malignant when P > {test_metrics['test/decision_threshold']:.4f} "
             f"(threshold rule {rule}, fitted on the validation part; the checkpoint stores it)"
         )
+    lines += _repeat_lines(cli)
+    return lines
+
+
+def _repeat_lines(cli: Any, args: list[str] | None = None) -> list[str]:
+    """For a run a ``TimeBudget`` planned: what the budget gave, and ``repeat this run:
+    <command>``, the ``bus-mtl fit`` command that trains the same weights on this machine
+    with a fixed epoch count and the recorded schedule replayed instead of the clock
+    (:func:`bus_mtl.training.budget.reproduce_command`). ``args``: the run's LightningCLI
+    arguments; by default its resolved ``config.yaml`` (beside the logs) stands for them.
+    No lines without a budget, or without a ``config.yaml`` when ``args`` is not given."""
+    from bus_mtl.training.budget import BUDGET_RECORD, TimeBudget, reproduce_command
+
+    trainer = cli.trainer
+    budget = next(
+        (cb for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.active), None
+    )
+    if budget is None or budget.epochs_run < 1:
+        return []
+    record = budget.record()
+    log_dir = Path(trainer.log_dir) if trainer.log_dir else None
+    lines = [
+        f"time budget     : {record['epochs_run']} epoch(s) in {record['elapsed_s'] / 60:.1f} "
+        f"of {record['minutes']:g} min"
+        + (f"; plan and epoch times in {log_dir / BUDGET_RECORD}" if log_dir else "")
+    ]
+    if args is None:
+        config = log_dir / "config.yaml" if log_dir else None
+        if config is None or not config.is_file():
+            return lines
+        args = ["--config", str(config)]
+    lines.append(f"repeat this run: {reproduce_command(args, record)}")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     cli_args, recipe, notes = build_args(args)
+    from bus_mtl.data.paths import find_external_root
+
+    # The external set: an explicit path is checked now, not after the training.
+    synthetic = any(a.endswith("data/synthetic.yaml") for a in cli_args)
+    if args.external is not None and args.external.lower() == "none":
+        external = None
+    elif args.external is not None:
+        external = Path(args.external).expanduser()
+        if not external.exists():
+            print(
+                f"bus-mtl main: --external {external}: not found; give the folder holding "
+                "manifest.csv (or the CSV), or --external none",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        external = None if synthetic else find_external_root()
     for note in notes:
         print(f"bus-mtl main: {note}", flush=True)
 
@@ -270,4 +328,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     print("\n".join(_report(cli, paths, test_metrics)), flush=True)
+    model = paths["best"] or paths["last"]
+    if external is None or not model:
+        if args.external is None and not synthetic:
+            print(
+                "external check    : skipped (no BrEaST-Lesions_USG at $BUS_MTL_EXTERNAL or "
+                "../shared/data/breast_lesions_usg; --external PATH points elsewhere)"
+            )
+        return 0
+    from bus_mtl.cli.evaluate import external_check
+
+    # Beside the run's own files, where PerImagePredictions writes test_predictions.csv.
+    log_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
+    name = external.parent.name if external.suffix == ".csv" else external.name
+    out = log_dir / f"external_{name}"
+    print(f"\n== external check: {model} on {external} ==", flush=True)
+    try:
+        text = external_check(
+            model,
+            external,
+            out,
+            test_metrics,
+            log_dir / "test_predictions.csv",
+            test_name="BUSI test part" if not synthetic else "synthetic test part",
+        )
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"bus-mtl main: external check on {external} failed: {err}", file=sys.stderr)
+        return 1
+    print(text, flush=True)
     return 0

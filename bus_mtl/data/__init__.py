@@ -1,44 +1,9 @@
 """Data layer: sources, I/O with clear errors, near-duplicate groups, leakage-free splits,
-decode cache, augmentation presets and :class:`BUSDataModule`."""
+decode cache, augmentation presets and :class:`BUSDataModule`.
 
-from bus_mtl.data.cache import DecodeCache, SampleInfo, sample_key
-from bus_mtl.data.check import (
-    DataReport,
-    check_data,
-    conflict_rows,
-    format_report,
-    write_conflicts_csv,
-)
-from bus_mtl.data.duplicates import (
-    DEFAULT_DUP_THRESHOLD,
-    cross_class_groups,
-    group_samples,
-    phash,
-)
-from bus_mtl.data.errors import DataError, Problem
-from bus_mtl.data.io import read_image, read_mask, read_masks
-from bus_mtl.data.paths import default_cache_dir, find_busi_root
-from bus_mtl.data.sample import CLASS_NAMES, NO_LABEL, Sample, parse_label
-from bus_mtl.data.sources import (
-    NORMAL_POLICIES,
-    BUSISource,
-    ManifestSource,
-    MultiSource,
-    Source,
-    SyntheticSource,
-    UDIATSource,
-    default_source,
-    make_phantom,
-)
-from bus_mtl.data.splits import (
-    TUNING_MODES,
-    Split,
-    by_centre_split,
-    kfold_split,
-    tuning_fingerprint,
-    tuning_holdout,
-)
-from bus_mtl.data.transforms import PRESETS, build_augmentation, build_transform
+Every name is imported on first use (PEP 562), so importing one light submodule, e.g.
+``bus_mtl.data.io`` in the ONNX Predictor, does not pull in torch or albumentations.
+"""
 
 __all__ = [
     "CLASS_NAMES",
@@ -86,13 +51,72 @@ __all__ = [
     "write_conflicts_csv",
 ]
 
-_LAZY = {"BUSDataModule": "bus_mtl.data.datamodule", "BUSDataset": "bus_mtl.data.dataset"}
+_LAZY = {
+    "BUSDataModule": "bus_mtl.data.datamodule",
+    "BUSDataset": "bus_mtl.data.dataset",
+    "BUSISource": "bus_mtl.data.sources",
+    "CLASS_NAMES": "bus_mtl.data.sample",
+    "DEFAULT_DUP_THRESHOLD": "bus_mtl.data.duplicates",
+    "DataError": "bus_mtl.data.errors",
+    "DataReport": "bus_mtl.data.check",
+    "DecodeCache": "bus_mtl.data.cache",
+    "ManifestSource": "bus_mtl.data.sources",
+    "MultiSource": "bus_mtl.data.sources",
+    "NORMAL_POLICIES": "bus_mtl.data.sources",
+    "NO_LABEL": "bus_mtl.data.sample",
+    "PRESETS": "bus_mtl.data.transforms",
+    "Problem": "bus_mtl.data.errors",
+    "Sample": "bus_mtl.data.sample",
+    "SampleInfo": "bus_mtl.data.cache",
+    "Source": "bus_mtl.data.sources",
+    "Split": "bus_mtl.data.splits",
+    "SyntheticSource": "bus_mtl.data.sources",
+    "TUNING_MODES": "bus_mtl.data.splits",
+    "UDIATSource": "bus_mtl.data.sources",
+    "build_augmentation": "bus_mtl.data.transforms",
+    "build_transform": "bus_mtl.data.transforms",
+    "by_centre_split": "bus_mtl.data.splits",
+    "check_data": "bus_mtl.data.check",
+    "conflict_rows": "bus_mtl.data.check",
+    "cross_class_groups": "bus_mtl.data.duplicates",
+    "default_cache_dir": "bus_mtl.data.paths",
+    "default_source": "bus_mtl.data.sources",
+    "find_busi_root": "bus_mtl.data.paths",
+    "format_report": "bus_mtl.data.check",
+    "group_samples": "bus_mtl.data.duplicates",
+    "kfold_split": "bus_mtl.data.splits",
+    "make_phantom": "bus_mtl.data.sources",
+    "parse_label": "bus_mtl.data.sample",
+    "phash": "bus_mtl.data.duplicates",
+    "read_image": "bus_mtl.data.io",
+    "read_mask": "bus_mtl.data.io",
+    "read_masks": "bus_mtl.data.io",
+    "sample_key": "bus_mtl.data.cache",
+    "tuning_fingerprint": "bus_mtl.data.splits",
+    "tuning_holdout": "bus_mtl.data.splits",
+    "write_conflicts_csv": "bus_mtl.data.check",
+}
 
 
 def __getattr__(name: str):
-    # torch/Lightning are imported only when the DataModule is used, so `check-data` starts fast.
-    if name in _LAZY:
-        import importlib
+    # Nothing is imported until it is used: bus_mtl.data.io (decode, fit_to_square) must stay
+    # importable without torch or albumentations, because the ONNX Predictor shares it.
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name.startswith("__"):
+        raise AttributeError(f"module 'bus_mtl.data' has no attribute {name!r}")
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule used as an attribute (``bus_mtl.data.cache``)
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'bus_mtl.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -2,7 +2,9 @@
 
 Layout under the cache dir (``$BUS_MTL_CACHE`` or ``~/.cache/bus_mtl``, never the data
 folder): ``decoded/s{size}/<kk>/<key>.npy`` holds a 2×size×size uint8 array (image, mask)
-and ``meta/<kk>/<key>.json`` the full-resolution facts (size, mask coverage, pHash). The
+squashed to the square, ``decoded/s{size}_letterbox/...`` the same letterboxed (see
+:func:`~bus_mtl.data.io.fit_to_square`), so one mode's entry is never served for the other;
+``meta/<kk>/<key>.json`` holds the full-resolution facts (size, mask coverage, pHash). The
 key hashes every source file's absolute path, mtime and byte size, so editing or replacing
 a file invalidates its entry. Entries are written to a temporary file and renamed, so
 concurrent workers and processes never read half a file. The object holds only paths, so
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bus_mtl.data.duplicates import phash
-from bus_mtl.data.io import read_image, read_masks, resize_pair
+from bus_mtl.data.io import check_resize, read_image, read_masks, resize_pair
 from bus_mtl.data.paths import default_cache_dir
 from bus_mtl.data.sample import Sample
 
@@ -60,21 +62,28 @@ def _atomic_write(path: Path, write) -> None:
 
 
 class DecodeCache:
-    """Decoded, resized image/mask pairs keyed by source files and size.
+    """Decoded, resized image/mask pairs keyed by source files, size and resize mode.
 
     Args:
         image_size: side of the square arrays stored.
         root: cache folder (default :func:`~bus_mtl.data.paths.default_cache_dir`).
+        resize: ``"squash"`` or ``"letterbox"`` (:func:`~bus_mtl.data.io.fit_to_square`).
     """
 
-    def __init__(self, image_size: int, root: str | Path | None = None) -> None:
+    def __init__(
+        self, image_size: int, root: str | Path | None = None, resize: str = "squash"
+    ) -> None:
         if image_size < 8:
             raise ValueError(f"image_size: must be at least 8, got {image_size}")
         self.image_size = image_size
+        self.resize = check_resize(resize)
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
 
-    def _pixel_path(self, key: str) -> Path:
-        return self.root / "decoded" / f"s{self.image_size}" / key[:2] / f"{key}.npy"
+    def pixel_path(self, key: str) -> Path:
+        """Where the resized pair of the sample with cache key ``key`` is stored."""
+        # squash keeps the folder name it had before letterbox existed: old caches stay valid.
+        mode = "" if self.resize == "squash" else f"_{self.resize}"
+        return self.root / "decoded" / f"s{self.image_size}{mode}" / key[:2] / f"{key}.npy"
 
     def _meta_path(self, key: str) -> Path:
         return self.root / "meta" / key[:2] / f"{key}.json"
@@ -98,7 +107,7 @@ class DecodeCache:
         """Info for a sample, decoding (and filling the cache) only on a miss."""
         key = key or sample_key(sample)
         meta = self._meta_path(key)
-        pixels = self._pixel_path(key)
+        pixels = self.pixel_path(key)
         if meta.is_file() and pixels.is_file():
             try:
                 return SampleInfo(**json.loads(meta.read_text()))
@@ -110,16 +119,16 @@ class DecodeCache:
         return info
 
     def _store(self, key: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        img, msk = resize_pair(image, mask, self.image_size)
+        img, msk = resize_pair(image, mask, self.image_size, self.resize)
         arr = np.stack([img, msk])
-        _atomic_write(self._pixel_path(key), lambda fh: np.save(fh, arr))
+        _atomic_write(self.pixel_path(key), lambda fh: np.save(fh, arr))
         return arr
 
     def load(self, sample: Sample, key: str | None = None) -> np.ndarray:
         """2×size×size uint8 array (image, mask in {0,1}); decodes on a miss."""
         key = key or sample_key(sample)
         try:
-            return np.load(self._pixel_path(key))
+            return np.load(self.pixel_path(key))
         except (OSError, ValueError):
             image, mask, _ = self.decode(sample)
             return self._store(key, image, mask)

@@ -124,12 +124,16 @@ def check_data(
     cache_dir: str | Path | None = None,
     dup_threshold: int = DEFAULT_DUP_THRESHOLD,
     workers: int | None = None,
+    resize: str = "squash",
 ) -> DataReport:
-    """Scan the sources and decode every file; never raises for bad data (see ``errors``)."""
+    """Scan the sources and decode every file; never raises for bad data (see ``errors``).
+
+    Each decoded pair is cached at ``image_size`` as ``resize`` makes it (the datamodule's
+    ``resize``), so training reads what this pass wrote."""
     source = as_source(sources)
     samples, problems = source.scan()
     infos, keys, decode_problems = inspect_samples(
-        samples, DecodeCache(image_size, cache_dir), workers
+        samples, DecodeCache(image_size, cache_dir, resize), workers
     )
     problems += decode_problems
     if not samples and not errors_only(problems):

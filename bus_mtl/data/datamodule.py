@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -21,6 +21,7 @@ from bus_mtl.data.dataset import (
 )
 from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD
 from bus_mtl.data.errors import DataError, raise_if_errors
+from bus_mtl.data.io import check_resize
 from bus_mtl.data.paths import default_cache_dir
 from bus_mtl.data.sample import CLASS_NAMES, Sample
 from bus_mtl.data.sources.base import Source, as_source
@@ -50,9 +51,9 @@ class BUSDataModule(L.LightningDataModule):
 
     ``setup()`` checks the whole dataset first (every file decoded once into the cache) and
     raises one :class:`~bus_mtl.data.errors.DataError` listing every problem, so bad data
-    fails before the first training step. Images are resized to a square ``image_size``
-    without keeping the aspect ratio (as most BUS papers do). Normalisation statistics are
-    the mean/std of the fold's training images unless ``mean``/``std`` are given.
+    fails before the first training step. Images become a square ``image_size`` input as
+    ``resize`` says: stretched (``squash``, as most BUS papers do) or letterboxed. Normalisation
+    statistics are the mean/std of the fold's training images unless ``mean``/``std`` are given.
 
     Args:
         sources: one source or a list (their samples are concatenated; ids must differ).
@@ -93,6 +94,13 @@ class BUSDataModule(L.LightningDataModule):
         preload: hold each part's decoded arrays in RAM (N×2×size² uint8; all of BUSI at
             256² is 85 MB), shared with the loader workers, instead of reading one cached
             ``.npy`` per item.
+        resize: how an image becomes the square input (:func:`~bus_mtl.data.io.fit_to_square`):
+            ``"squash"`` (default) stretches it to ``image_size``², losing the aspect ratio;
+            ``"letterbox"`` scales the longer side to ``image_size`` and pads the shorter one
+            symmetrically with 0 (image and mask), so a lesion keeps its shape (taller than
+            wide is a malignancy cue) whatever the centre's image format. Augmentation runs on
+            the padded square. Recorded in checkpoints (``checkpoint["bus_mtl"]["resize"]``),
+            so prediction, export and original-size test metrics undo the same geometry.
     """
 
     def __init__(
@@ -119,8 +127,10 @@ class BUSDataModule(L.LightningDataModule):
         tuning: str = "off",
         tuning_fraction: float = 0.15,
         preload: bool = True,
+        resize: Literal["squash", "letterbox"] = "squash",
     ) -> None:
         super().__init__()
+        check_resize(resize)
         if tuning not in TUNING_MODES:
             raise ValueError(
                 f"tuning: {tuning!r} is not one of {TUNING_MODES}; set data.tuning: tune in a "
@@ -185,6 +195,7 @@ class BUSDataModule(L.LightningDataModule):
         self.dup_threshold = dup_threshold
         self.drop_conflicting = drop_conflicting
         self._image_size = image_size
+        self._resize = resize
         self._in_channels = in_channels
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -229,6 +240,11 @@ class BUSDataModule(L.LightningDataModule):
     @property
     def image_size(self) -> int:
         return self._image_size
+
+    @property
+    def resize(self) -> str:
+        """``"squash"`` or ``"letterbox"``: how images became the square input."""
+        return self._resize
 
     @property
     def class_names(self) -> list[str]:
@@ -393,6 +409,7 @@ class BUSDataModule(L.LightningDataModule):
             self.cache_dir,
             self.dup_threshold,
             self.num_workers or None,
+            self._resize,
         )
         report.raise_if_errors()
         self.report = report
@@ -404,7 +421,7 @@ class BUSDataModule(L.LightningDataModule):
         if self.drop_conflicting:
             parts = self._drop_conflicting(report, parts)
         by_id = {s.id: s for s in samples}
-        cache = DecodeCache(self._image_size, self.cache_dir)
+        cache = DecodeCache(self._image_size, self.cache_dir, self._resize)
         chosen = {
             name: [by_id[i] for i in parts.get(name, [])] for name in ("train", "val", "test")
         }
@@ -498,6 +515,7 @@ class BUSDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         return {
             "fold": self.fold,
+            "resize": self._resize,
             "normalization": self._normalization,
             "class_names": self.class_names,
         }

@@ -6,12 +6,19 @@ lands in two parts of a fold. Strata are ``(centre, label)``. The assignment is 
 greedy grouped-stratified algorithm (scikit-learn is not a dependency): groups are shuffled
 with the seed, sorted largest first (stable), and each goes to the part whose per-stratum
 counts stay closest to that part's target share.
+
+Split files carry a ``version``. Version 1 drew each fold's validation part with plain costs,
+which send every near-duplicate group (a large unit) to the training part: its validation
+parts held single images only, unlike its test parts. Version 2 (:data:`SPLIT_VERSION`)
+draws them with the relative costs of the tuning hold-out, so groups reach the validation
+part in proportion. A version-1 file still loads, with a note saying how to regenerate it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +34,10 @@ SPLIT_KINDS = ("kfold", "by_centre", "file")
 TUNING_MODES = ("off", "exclude", "tune")
 #: Offset of the hold-out's seed from the split seed (its own stream, not a fold's).
 TUNING_SEED_OFFSET = 9000
+#: Version of the splits this code draws (see the module doc); files without one are 1.
+SPLIT_VERSION = 2
+#: Split files whose version-1 note was printed (once per file and process).
+_NOTED: set[str] = set()
 
 
 @dataclass
@@ -45,6 +56,9 @@ class Split:
     #: when the split was made with ``data.tuning: off`` (and in older split files).
     tuning: list[str] = field(default_factory=list)
     tuning_fraction: float = 0.0
+    #: How the validation parts were drawn: 2 with near-duplicate groups in proportion, 1
+    #: (files written before the field) with every group in the training part.
+    version: int = SPLIT_VERSION
 
     @property
     def tuning_fingerprint(self) -> str | None:
@@ -81,7 +95,7 @@ class Split:
             folds = [
                 {p: list(f.get(p, [])) for p in ("train", "val", "test")} for f in data["folds"]
             ]
-            return cls(
+            split = cls(
                 kind=data.get("kind", "file"),
                 seed=int(data.get("seed", 0)),
                 n_folds=int(data.get("n_folds", len(folds))),
@@ -92,11 +106,14 @@ class Split:
                 test_centres=data.get("test_centres"),
                 tuning=sorted(data.get("tuning") or []),
                 tuning_fraction=float(data.get("tuning_fraction", 0.0)),
+                version=int(data.get("version", 1)),
             )
-        except (KeyError, TypeError, AttributeError) as err:
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise DataError(
                 [Problem(str(path), f"not a bus_mtl split file ({err!r} missing or malformed)")]
             ) from None
+        _note_version(split, path)
+        return split
 
     def check_against(
         self,
@@ -143,6 +160,65 @@ class Split:
         if self.tuning:
             problems += _tuning_problems(self.tuning, known, groups, where)
         return problems
+
+
+def _note_version(split: Split, path: Path) -> None:
+    """Say once per file (on stderr) that a version-1 split validates on no near-duplicate
+    group, and how to draw the same split as version 2."""
+    grouped = any(len(g) > 1 for g in split.groups)
+    has_val = any(f["val"] for f in split.folds)
+    if split.version >= 2 or split.kind not in ("kfold", "by_centre") or not (grouped and has_val):
+        return
+    key = str(path.resolve())
+    if key in _NOTED:
+        return
+    _NOTED.add(key)
+    print(
+        f"bus-mtl: {path} is a version-1 split: its validation parts were drawn without "
+        "near-duplicate groups (every group went to the training part), so the checkpoint, "
+        "temperature and threshold chosen on them were chosen on images unlike the test "
+        "part's. It loads as it is (same folds, same results); to draw it as version 2 "
+        f"(groups in proportion, same test parts): {regenerate_command(split, path)}",
+        file=sys.stderr,
+    )
+
+
+def regenerate_command(split: Split, path: str | Path) -> str:
+    """The command that draws ``split`` again with this code (version :data:`SPLIT_VERSION`)
+    into ``<stem>_v2.json`` beside ``path``: ``bus-mtl check-data`` for the 5-fold, seed-42,
+    15 % BUSI split it writes; ``bus-mtl cv`` (``OUT/split.json``) for a leave-one-centre-out
+    split; else ``bus-mtl validate`` with ``data.split_out`` (the split is written at
+    set-up). The data options are the user's: the file does not record its data source."""
+    path = Path(path)
+    out = path.with_name(f"{path.stem}_v2.json")
+    ids = [i for f in split.folds for part in f.values() for i in part]
+    # check-data writes the 5-fold, seed-42, 15 % split of BUSI without its normal images.
+    busi_only = all(i.startswith("busi/") and not i.startswith("busi/normal") for i in ids)
+    if (
+        split.kind == "kfold"
+        and (split.n_folds, split.seed, split.val_fraction) == (5, 42, 0.15)
+        and not split.tuning
+        and busi_only
+    ):
+        return (
+            f"bus-mtl check-data --busi <BUSI folder> --dup-threshold {split.dup_threshold} "
+            f"--split-out {out}"
+        )
+    data = (
+        f"--data.seed={split.seed} --data.val_fraction={split.val_fraction} "
+        f"--data.dup_threshold={split.dup_threshold}"
+        + (" --data.tuning=exclude" if split.tuning else "")
+    )
+    if split.kind == "by_centre" and split.n_folds > 1:
+        return (
+            f"bus-mtl cv --config <the run's configs> --protocol by_centre {data} --out "
+            "<folder> (it writes <folder>/split.json before the first fold)"
+        )
+    if split.kind == "by_centre":
+        which = f"--data.split=by_centre '--data.test_centres={json.dumps(split.test_centres)}'"
+    else:
+        which = f"--data.split=kfold --data.n_folds={split.n_folds}"
+    return f"bus-mtl validate --config <the run's configs> {which} {data} --data.split_out={out}"
 
 
 def _tuning_problems(
@@ -297,7 +373,10 @@ def _train_val(
 ) -> tuple[list[str], list[str]]:
     if val_fraction <= 0 or not ids_units:
         return sorted(i for u in ids_units for i in u), []
-    part = assign_groups(ids_units, strata, [1 - val_fraction, val_fraction], seed)
+    # Relative costs (as for the tuning hold-out): with plain ones every near-duplicate group
+    # lands in the larger training part and the validation part holds single images only,
+    # unlike the test part it stands in for when choosing the checkpoint and threshold.
+    part = assign_groups(ids_units, strata, [1 - val_fraction, val_fraction], seed, relative=True)
     train = sorted(i for u, p in zip(ids_units, part) if p == 0 for i in u)
     val = sorted(i for u, p in zip(ids_units, part) if p == 1 for i in u)
     return train, val
@@ -372,4 +451,35 @@ def by_centre_split(
         [fold],
         [list(g) for g in groups],
         list(test_centres),
+    )
+
+
+def leave_one_centre_out(
+    samples: Sequence[Sample],
+    groups: Sequence[Sequence[str]] = (),
+    seed: int = 42,
+    val_fraction: float = 0.15,
+    dup_threshold: int = -1,
+) -> Split:
+    """One :func:`by_centre_split` fold per centre (sorted): fold k tests on centre k and
+    trains on the others (``bus-mtl cv --protocol by_centre``); ``test_centres`` lists the
+    centres in fold order."""
+    centres = sorted({s.centre for s in samples})
+    if len(centres) < 2:
+        raise ValueError(
+            f"protocol by_centre needs data from at least two centres, got {centres}; "
+            "add a second source (e.g. UDIATSource) to data.sources"
+        )
+    parts = [
+        by_centre_split(samples, [c], groups, seed, val_fraction, dup_threshold) for c in centres
+    ]
+    return Split(
+        "by_centre",
+        seed,
+        len(parts),
+        dup_threshold,
+        val_fraction,
+        [p.folds[0] for p in parts],
+        [list(g) for g in groups],
+        centres,
     )

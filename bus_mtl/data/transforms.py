@@ -1,7 +1,10 @@
 """Albumentations presets and custom pipelines from config.
 
 Presets: ``none``; ``light`` (flip, small affine, brightness/contrast), the default;
-``strong`` (adds larger affine, elastic deformation, gamma, blur/noise, coarse dropout).
+``strong`` (adds larger affine, elastic deformation, gamma, blur/noise, coarse dropout);
+``ultrasound`` (what differs between hospitals and scanners: field of view and lesion scale,
+small rotations, gain over depth, gamma and contrast, speckle, blur, and sonographers'
+caliper marks and text painted at random, so none of them can stand in for the lesion).
 A custom pipeline is a list of dicts, one per transform: ``{"name": "HorizontalFlip",
 "p": 0.5}`` (any albumentations class name and its arguments) or LightningCLI-style
 ``{"class_path": "albumentations.Affine", "init_args": {...}}``. Geometric transforms use
@@ -21,7 +24,9 @@ from typing import Any
 
 import albumentations as A
 
-PRESETS = ("none", "light", "strong")
+from bus_mtl.data.us_augment import CaliperMarks, DepthGain
+
+PRESETS = ("none", "light", "strong", "ultrasound")
 
 
 def _preset(name: str) -> list[A.BasicTransform]:
@@ -42,6 +47,8 @@ def _preset(name: str) -> list[A.BasicTransform]:
     ]
     if name == "light":
         return light
+    if name == "ultrasound":
+        return _ultrasound()
     return [
         A.HorizontalFlip(p=0.5),
         A.Affine(
@@ -65,6 +72,33 @@ def _preset(name: str) -> list[A.BasicTransform]:
             fill=0,
             p=0.2,
         ),
+    ]
+
+
+def _ultrasound() -> list[A.BasicTransform]:
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(
+            scale=(0.75, 1.3),
+            translate_percent=(-0.1, 0.1),
+            rotate=(-15, 15),
+            fill=0,
+            fill_mask=0,
+            mask_interpolation=0,
+            p=0.8,
+        ),
+        DepthGain(gain_range=(0.7, 1.3), p=0.5),
+        A.RandomGamma(gamma_limit=(70, 140), p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.25, p=0.6),
+        A.OneOf(
+            [
+                A.MultiplicativeNoise(multiplier=(0.8, 1.2), elementwise=True),
+                A.GaussianBlur(blur_limit=(3, 5)),
+                A.GaussNoise(std_range=(0.02, 0.06)),
+            ],
+            p=0.4,
+        ),
+        CaliperMarks(p=0.3),
     ]
 
 

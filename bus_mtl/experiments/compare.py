@@ -37,13 +37,18 @@ import numpy as np
 import pandas as pd
 
 from bus_mtl.experiments.cv import (
+    PROTOCOL_RECORD,
     Builder,
     FoldJob,
+    build_datamodule,
     finish,
     fold_jobs,
     make_split,
     record_inputs,
+    refuse_unfinal,
     run_jobs,
+    tuning_lines,
+    tuning_summary,
 )
 from bus_mtl.experiments.results import (
     RESOLUTION_NOTE,
@@ -217,17 +222,23 @@ def run_compare(
     env: dict[str, str] | None = None,
     reference: str | None = None,
     build: Builder | str | None = None,
+    final: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Run (or resume) every variant × fold, then write the comparison files.
 
     ``reference`` is the variant every p-value compares against (see
     :func:`resolve_reference`); an unknown one fails before any run starts. ``build``: the
     LightningCLI builder every fold uses (see :func:`bus_mtl.experiments.cv.run_cv`).
+    ``final``: the run is declared final (``--final``), which refuses ``data.tuning: off``
+    before anything runs (:func:`bus_mtl.experiments.cv.refuse_unfinal`).
     Returns the comparison table and ``{fold folder: error}`` for failed folds.
     """
     out = Path(out)
     paths = variant_configs(variants, Path(variants_dir))
     resolve_reference(list(paths), reference)
+    tuning = build_datamodule(configs, extra).tuning
+    if final:
+        refuse_unfinal(tuning)
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[FoldJob] = []
     folders: dict[tuple[str, str], Path] = {}
@@ -241,6 +252,7 @@ def run_compare(
             vdir = pdir / v
             vjobs = fold_jobs([*configs, str(path)], vdir, split, seed, extra, cwd, env, build)
             record_inputs(vdir, None, vjobs)
+            write_json(vdir / PROTOCOL_RECORD, {"final": final, "tuning": tuning})
             folders[(protocol, v)] = vdir
             jobs += vjobs
     if argv is not None:
@@ -444,6 +456,14 @@ def write_comparison(
         if (p, reference) in frames
     }
     notes = _notes(table, frames, reference, rule, units, n_boot, seed)
+    for protocol in table["protocol"].unique():
+        vdir = folders.get((protocol, reference)) or next(
+            d for (p, _), d in folders.items() if p == protocol
+        )
+        info = tuning_summary(vdir)
+        if info is not None:
+            first, *rest = tuning_lines(info)
+            notes += ["", f"**Tuning ({protocol}).** {first}", *rest]
     if len(resolutions) > 1:
         resolution_note = (
             "; segmentation metrics at different resolutions across variants (some runs "

@@ -45,6 +45,7 @@ Layout::
     OUT/conflicting_groups.csv      near-duplicate groups whose labels disagree: group, id,
                                     label, image file, the fold whose test part holds it
     OUT/tuned_by.json               with ``--tuned-by``: the sweep's hold-out that was checked
+    OUT/protocol.json               {"final": bool, "tuning": data.tuning} of the last call
 
 Resume: re-running on the same OUT skips folds with ``DONE``; a fold without it whose
 ``run.json`` names a finished fit's checkpoint only reruns ``test``, any other restarts its
@@ -55,6 +56,9 @@ With ``data.tuning: exclude`` the split leaves the tuning hold-out out of every 
 recorded in ``split.json`` as ``tuning``, with its fingerprint) and the summary says how many
 images that is. ``tuned_by`` (``bus-mtl cv --tuned-by SWEEP``) names a sweep's hold-out; a run
 whose test parts would hold any of its images is refused, naming them (:class:`TuningLeak`).
+A run declared final (``final=True``, ``--final``) refuses ``data.tuning: off``; the summary
+of a run without a hold-out names the choices that could have seen its test images
+(:mod:`bus_mtl.experiments.protocol`, docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ PROTOCOLS = ("kfold", "by_centre")
 TUNING_RECORD = "tuning.json"
 #: What ``run_cv(tuned_by=...)`` writes: the sweep hold-out it checked the folds against.
 TUNED_BY = "tuned_by.json"
+#: What ``run_cv``/``run_compare`` write: whether the run was declared final (``--final``).
+PROTOCOL_RECORD = "protocol.json"
 #: A fold's record of its fit (see the layout above).
 RUN_RECORD = "run.json"
 #: Tuned images named in a refusal before "... and N more".
@@ -123,6 +129,17 @@ def refuse_tune_mode(tuning: str) -> None:
         )
 
 
+def refuse_unfinal(tuning: str) -> None:
+    """A run declared final (``--final``) must keep a tuning hold-out out of its test parts."""
+    if tuning == "off":
+        raise TuningLeak(
+            "--final: data.tuning is 'off', so every image is tested in some fold and any "
+            "choice made on these images (a sweep, a look at a fold's validation part) could "
+            "have seen the test images; add --data.tuning exclude (the tuning hold-out is then "
+            "in no fold; docs/protocol.md)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole run
 
@@ -141,6 +158,7 @@ def run_cv(
     env: dict[str, str] | None = None,
     tuned_by: str | Path | None = None,
     build: Builder | str | None = None,
+    final: bool = False,
 ) -> tuple[dict[str, Any] | None, dict[int, str]]:
     """Run (or resume) the cross-validation folder ``out``: steps 1-5 of the module doc.
 
@@ -148,17 +166,22 @@ def run_cv(
     ``OUT/split.json``, computed on the first call and reused by every later one.
     ``tuned_by``: a sweep's folder or hold-out record (:func:`load_tuned`); the run is
     refused (:class:`TuningLeak`, before any fold runs) when a test part holds one of its
-    images. ``build``: the LightningCLI builder (see :data:`Builder`); ``cwd``/``env``: of
-    the fold subprocesses (``parallel > 1``). Returns ``(summary payload or None if no fold
-    finished, {fold: error})``.
+    images. ``final``: the run is declared final (``--final``): ``data.tuning: off`` is
+    refused (:func:`refuse_unfinal`), and the record says so (``OUT/protocol.json``).
+    ``build``: the LightningCLI builder (see :data:`Builder`); ``cwd``/``env``: of the fold
+    subprocesses (``parallel > 1``). Returns ``(summary payload or None if no fold finished,
+    {fold: error})``.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not configs:
         raise ValueError("at least one --config is needed")
     # 1. the split, 2. the checks
     tuning = build_datamodule(configs, extra).tuning
     refuse_tune_mode(tuning)
+    if final:
+        refuse_unfinal(tuning)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / PROTOCOL_RECORD, {"final": final, "tuning": tuning})
     made = False
     if split_path is None:
         split_path = out / "split.json"
@@ -271,14 +294,19 @@ def make_split(
     Returns the split as a dict with ``fold_names``.
     """
     from bus_mtl.data.check import check_data, conflict_rows, write_conflicts_csv
-    from bus_mtl.data.splits import Split, by_centre_split, kfold_split, tuning_holdout, without
+    from bus_mtl.data.splits import kfold_split, leave_one_centre_out, tuning_holdout, without
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: {protocol!r} is not one of {PROTOCOLS}")
     dm = build_datamodule(configs, extra)
     refuse_tune_mode(dm.tuning)
     report = check_data(
-        dm.source, dm.image_size, dm.cache_dir, dm.dup_threshold, dm.num_workers or None
+        dm.source,
+        dm.image_size,
+        dm.cache_dir,
+        dm.dup_threshold,
+        dm.num_workers or None,
+        dm.resize,  # fills the cache the folds then read
     )
     report.raise_if_errors()
     samples, groups = report.samples, report.groups
@@ -290,26 +318,8 @@ def make_split(
         split = kfold_split(samples, groups, folds, dm.seed, dm.val_fraction, dm.dup_threshold)
         names = [f"fold {k}" for k in range(folds)]
     else:
-        centres = sorted({s.centre for s in samples})
-        if len(centres) < 2:
-            raise ValueError(
-                f"protocol by_centre needs data from at least two centres, got {centres}; "
-                "add a second source (e.g. UDIATSource) to data.sources"
-            )
-        parts = [
-            by_centre_split(samples, [c], groups, dm.seed, dm.val_fraction, dm.dup_threshold)
-            for c in centres
-        ]
-        split = Split(
-            "by_centre",
-            dm.seed,
-            len(parts),
-            dm.dup_threshold,
-            dm.val_fraction,
-            [p.folds[0] for p in parts],
-            [list(g) for g in groups],
-            centres,
-        )
+        split = leave_one_centre_out(samples, groups, dm.seed, dm.val_fraction, dm.dup_threshold)
+        centres = list(split.test_centres or [])
         names = [f"{'+'.join(x for x in centres if x != c)}→{c}" for c in centres]
     if held:
         split.tuning, split.tuning_fraction = held, dm.tuning_fraction
@@ -465,10 +475,20 @@ def tuning_summary(out: Path) -> dict[str, Any] | None:
     record = Path(out) / TUNED_BY
     if record.is_file():
         info["tuned_by"] = json.loads(record.read_text())
+    protocol = Path(out) / PROTOCOL_RECORD
+    info["final"] = bool(protocol.is_file() and json.loads(protocol.read_text()).get("final"))
+    from bus_mtl.experiments.protocol import GENERAL, exposed_choices, fold_config
+
+    tested = [i for fold in split.folds for i in fold.get("test", [])]
+    past = exposed_choices(tested, fold_config(Path(out)))
+    info["exposed_choices"] = past if split.tuning else [GENERAL, *past]
     return info
 
 
-def _tuning_lines(info: dict[str, Any]) -> list[str]:
+def tuning_lines(info: dict[str, Any]) -> list[str]:
+    """The summary's Markdown about the hold-out: a paragraph, then one bullet per choice
+    that could have seen the test images (``info["exposed_choices"]``), then a blank line."""
+    choices = [f"* {c}" for c in info.get("exposed_choices") or []]
     if info["excluded"]:
         text = (
             f"Tuning hold-out excluded: {info['images']} images (fingerprint "
@@ -476,11 +496,18 @@ def _tuning_lines(info: dict[str, Any]) -> list[str]:
             f"{info['seed']}) are in no fold's train, validation or test part; they are kept "
             "for tuning (`bus-mtl sweep`)."
         )
+        if info.get("final"):
+            text += " Declared final (`--final`)."
+        if choices:
+            text += (
+                " Choices made on images outside that hold-out, which this run still uses "
+                "and whose images it tests (docs/protocol.md):"
+            )
     else:
         text = (
             "No tuning hold-out (data.tuning: off): every image is tested in one fold, so "
-            "settings tuned on these images (e.g. by a sweep) must not be reported from this "
-            "table; see the README's Experiments section."
+            "this is not a final run (`--final` refuses it; the fix is --data.tuning exclude) "
+            "and these choices could have seen its test images (docs/protocol.md):"
         )
     tuned = info.get("tuned_by")
     if tuned:
@@ -488,7 +515,7 @@ def _tuning_lines(info: dict[str, Any]) -> list[str]:
             f" Hyper-parameters tuned by {tuned['tuned_by']} on {tuned['images']} images "
             f"(fingerprint {tuned['fingerprint']}): none of them is among the test images."
         )
-    return [text, ""]
+    return [text, *([""] + choices if choices else []), ""]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -821,7 +848,7 @@ def finish(out: Path) -> dict[str, Any]:
     tuning = tuning_summary(out)
     if tuning is not None:
         md = out / "summary.md"
-        md.write_text(md.read_text().rstrip("\n") + "\n\n" + "\n".join(_tuning_lines(tuning)))
+        md.write_text(md.read_text().rstrip("\n") + "\n\n" + "\n".join(tuning_lines(tuning)))
         payload["tuning"] = tuning
         write_json(out / "summary.json", payload)
     cls = binary_rows(read_predictions(out))

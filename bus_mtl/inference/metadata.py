@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bus_mtl.data.io import check_resize
+
 METADATA_KEY = "bus_mtl"
 INPUT_NAME = "image"
 MASK_OUTPUT = "mask"
@@ -30,6 +32,9 @@ class ModelInfo:
 
     Attributes:
         image_size: side of the square network input (training resized every image to it).
+        resize: how an image became that square (``bus_mtl.data.io.fit_to_square``):
+            ``"squash"`` (stretched; exports from before the field existed) or
+            ``"letterbox"`` (aspect ratio kept, shorter side padded with 0).
         in_channels: 1 (grey) or 3 (grey replicated, as in training).
         num_classes: K class logits: 1 (malignancy logit) or 3 (benign/malignant/normal).
         mean, std: scalar normalisation in [0, 1] pixel units: ``(x / 255 - mean) / std``.
@@ -65,6 +70,7 @@ class ModelInfo:
     has_cls: bool = True
     tta: str = "none"
     bus_mtl_version: str = ""
+    resize: str = "squash"
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -90,6 +96,7 @@ class ModelInfo:
                 f"tta must be one of {TTA_MODES}, got {self.tta!r}: the metadata was written by "
                 "a newer bus_mtl (upgrade it) or edited by hand"
             )
+        check_resize(self.resize)
         names = tuple(self.class_names) or _default_class_names(self.num_classes)
         if len(names) < max(2, self.num_classes):
             raise ValueError(

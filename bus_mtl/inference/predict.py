@@ -16,7 +16,16 @@ from bus_mtl.inference.predictor import BasePredictor, PredictionResult
 from bus_mtl.inference.preprocess import ImageReadError, read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-CSV_COLUMNS = ("file", "probability", "predicted_class", "lesion_area", "lesion_found")
+# uncertainty: PredictionResult.uncertainty, the flip views' disagreement (empty where the
+# views are not observable: a model without a classifier, an export with the flip inside).
+CSV_COLUMNS = (
+    "file",
+    "probability",
+    "predicted_class",
+    "lesion_area",
+    "lesion_found",
+    "uncertainty",
+)
 # BUSI keeps "<stem>_mask.png" / "<stem>_mask_1.png" next to each image.
 _MASK_STEM = re.compile(r"_mask(_\d+)?$")
 
@@ -90,6 +99,7 @@ def _csv_row(file: Path, r: PredictionResult) -> dict[str, object]:
         "predicted_class": r.class_name or "",
         "lesion_area": "" if r.lesion_area is None else r.lesion_area,
         "lesion_found": "" if r.lesion_found is None else r.lesion_found,
+        "uncertainty": "" if r.uncertainty is None else f"{r.uncertainty:.6f}",
     }
 
 
@@ -102,6 +112,10 @@ def predict_files(
 ) -> PredictSummary:
     """Predict every image and write ``masks/<stem>.png`` (0/255, original size),
     ``overlays/<stem>.png`` and ``predictions.csv`` under ``output_dir``.
+
+    ``predictions.csv`` has :data:`CSV_COLUMNS`; ``uncertainty`` is the flip views'
+    disagreement (:func:`~bus_mtl.inference.predictor.flip_uncertainty`), for which a model
+    without its own flip TTA also runs the mirror.
 
     An unreadable image is recorded in the summary and skipped; the others are written.
     Two inputs with the same stem get ``<stem>_1``, ``<stem>_2`` ... outputs.
@@ -120,7 +134,9 @@ def predict_files(
         except ImageReadError as err:
             summary.failed.append((file, str(err).removeprefix(f"{file}: ")))
             continue
-        result = predictor.predict_gray(gray, predictor.tta if tta is None else tta)
+        result = predictor.predict_gray(
+            gray, predictor.tta if tta is None else tta, uncertainty=True
+        )
         if result.mask is not None:
             ok = cv2.imwrite(str(masks_dir / f"{stem}.png"), (result.mask * 255).astype(np.uint8))
             if not ok:

@@ -44,6 +44,8 @@ class PredictionResult:
         class_probs: calibrated probability of every class name (K = 1: benign, malignant).
         lesion_area: lesion pixels in ``mask``; ``None`` without a segmentation head.
         lesion_found: ``lesion_area > 0``; ``None`` without a segmentation head.
+        uncertainty: :func:`flip_uncertainty` of the image, when asked for
+            (``predict_gray(..., uncertainty=True)``) and observable; else ``None``.
     """
 
     mask: np.ndarray | None
@@ -54,6 +56,45 @@ class PredictionResult:
     class_probs: dict[str, float] | None
     lesion_area: int | None
     lesion_found: bool | None
+    uncertainty: float | None = None
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """A model's outputs for one image at the network input size, before temperature and
+    thresholds.
+
+    Attributes:
+        mask_logits: S×S float32 lesion logits of the model's prediction: the mean of the two
+            views' logits for a model with its own flip TTA (``info.tta == "hflip"``, as
+            :func:`bus_mtl.models.tta.hflip_average` computes it), else the single pass;
+            ``None`` without a segmentation head.
+        logits: (K,) class logits of the model's prediction (same rule); ``None`` without a
+            classification head.
+        view_mask_logits: 2×S×S lesion logits of the image and of its mirror (the mirror's
+            flipped back), or ``None``.
+        view_logits: 2×K class logits of the image and of its mirror, or ``None``: not asked
+            for, or not observable (an ONNX graph that averages the two views inside).
+    """
+
+    mask_logits: np.ndarray | None
+    logits: np.ndarray | None
+    view_mask_logits: np.ndarray | None = None
+    view_logits: np.ndarray | None = None
+
+
+def flip_uncertainty(view_logits: np.ndarray, temperature: float) -> float:
+    """``|P(malignant | image) - P(malignant | mirror)|`` in [0, 1] from the 2×K class logits
+    of the two views (each calibrated with ``temperature``; K = 3: the malignant softmax
+    column).
+
+    A lesion has no left-right semantics, so the mirror is as valid a view as the image: a
+    model that changes its mind between them is unsure of the case (test-time augmentation
+    disagreement). Unlike the distance of ``p`` to the decision threshold it says something
+    the probability itself does not.
+    """
+    p = class_probabilities(np.asarray(view_logits), temperature)[:, 1]
+    return float(abs(p[0] - p[1]))
 
 
 class BasePredictor:
@@ -90,7 +131,41 @@ class BasePredictor:
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         raise NotImplementedError
 
-    def predict(self, image: str | Path | np.ndarray, tta: bool | None = None) -> PredictionResult:
+    def _run_views(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+        """The network without its own test-time augmentation on a 2×C×S×S batch (an image
+        and its mirror), or ``None`` when only the model's averaged output is observable (an
+        exported graph with the flip average inside). Subclasses that hold the bare network
+        override this."""
+        return self._run(batch) if self.info.tta == "none" else None
+
+    def raw_outputs(self, gray: np.ndarray, views: bool = True) -> RawOutputs:
+        """The model's outputs for an H×W uint8 grey image (see :class:`RawOutputs`).
+
+        With ``views`` the image and its mirror run as one batch of two, so the two views'
+        logits come back as well (where observable); the prediction is the same as without.
+        """
+        info = self.info
+        got = self._run_views(preprocess(gray, info, hflip=True)) if views else None
+        if got is None:
+            mask, logits = self._run(preprocess(gray, info))
+            return RawOutputs(
+                None if mask is None else mask[0, 0],
+                None if logits is None else logits[0],
+            )
+        mask, logits = got
+        view_mask = None if mask is None else np.stack([mask[0, 0], mask[1, 0][:, ::-1]])
+        if info.tta == "hflip":
+            # The model's own prediction, as FlipTTA computes it: the mean of the logits.
+            pred_mask = None if view_mask is None else (view_mask[0] + view_mask[1]) / 2
+            pred_logits = None if logits is None else (logits[0] + logits[1]) / 2
+        else:
+            pred_mask = None if view_mask is None else view_mask[0]
+            pred_logits = None if logits is None else logits[0]
+        return RawOutputs(pred_mask, pred_logits, view_mask, logits)
+
+    def predict(
+        self, image: str | Path | np.ndarray, tta: bool | None = None, uncertainty: bool = False
+    ) -> PredictionResult:
         """Predict one image: a file path, or an array (H×W grey or H×W×3 RGB).
 
         With ``tta`` (default: the predictor's setting) the image and its horizontal mirror
@@ -98,41 +173,51 @@ class BasePredictor:
         model with its own test-time augmentation (``info.tta == "hflip"``: exported from a
         checkpoint trained with ``model.tta: hflip``) already does that in its graph, with
         logits; ``tta`` then adds nothing (its outputs are mirror-symmetric) and is skipped.
+        ``uncertainty``: fill ``PredictionResult.uncertainty`` (see :meth:`predict_gray`).
 
         Raises:
             ImageReadError: a path that cannot be read (the message names it).
         """
         gray = read_image(image) if isinstance(image, (str, Path)) else to_gray(image)
-        return self.predict_gray(gray, self.tta if tta is None else tta)
+        return self.predict_gray(gray, self.tta if tta is None else tta, uncertainty)
 
-    def predict_gray(self, gray: np.ndarray, tta: bool = False) -> PredictionResult:
-        """Predict an H×W uint8 grey image (the decoded file)."""
+    def predict_gray(
+        self, gray: np.ndarray, tta: bool = False, uncertainty: bool = False
+    ) -> PredictionResult:
+        """Predict an H×W uint8 grey image (the decoded file).
+
+        ``uncertainty``: also run the mirror when the model does not (one batch of two) and
+        fill ``PredictionResult.uncertainty`` (:func:`flip_uncertainty`); it stays ``None``
+        without a classification head or where the two views are not observable.
+        """
         info = self.info
         # The model's own flip TTA is mirror-equivariant: a second mirror would be run for
         # the same numbers.
         tta = tta and info.tta == "none"
-        mask_logits, logits = self._run(preprocess(gray, info, hflip=tta))
+        raw = self.raw_outputs(gray, views=tta or uncertainty)
         mask = mask_prob = area = found = None
         if info.has_seg:
-            if mask_logits is None:
+            if raw.mask_logits is None:
                 raise RuntimeError("the model metadata says it segments but it gave no mask")
-            probs = sigmoid(mask_logits[:, 0])
-            if tta:
-                probs = np.stack([probs[0], probs[1][:, ::-1]])
-            mask_prob = mask_to_original(probs.mean(axis=0), gray.shape)
+            # Predictor-level TTA averages the two views' probabilities.
+            probs = sigmoid(raw.view_mask_logits).mean(axis=0) if tta else sigmoid(raw.mask_logits)
+            mask_prob = mask_to_original(probs, gray.shape, info.resize)
             mask = (mask_prob > self.threshold).astype(np.uint8)
             area = int(mask.sum())
             found = area > 0
-        probability = label = class_name = class_probs = None
+        probability = label = class_name = class_probs = spread = None
         if info.has_cls:
-            if logits is None:
+            if raw.logits is None:
                 raise RuntimeError("the model metadata says it classifies but it gave no logits")
-            p = class_probabilities(logits, info.temperature).mean(axis=0)
+            views = raw.view_logits if tta else raw.logits[None]
+            p = class_probabilities(views, info.temperature).mean(axis=0)
             probability = float(p[1])
             # K = 1: the operating point fitted on validation, as test metrics use it.
             label = int(p.argmax()) if len(p) > 2 else int(probability > self.decision_threshold)
             class_name = info.class_names[label]
             class_probs = {name: float(v) for name, v in zip(info.class_names, p)}
+            if uncertainty and raw.view_logits is not None:
+                spread = flip_uncertainty(raw.view_logits, info.temperature)
         return PredictionResult(
             mask=mask,
             mask_prob=mask_prob,
@@ -142,6 +227,7 @@ class BasePredictor:
             class_probs=class_probs,
             lesion_area=area,
             lesion_found=found,
+            uncertainty=spread,
         )
 
 

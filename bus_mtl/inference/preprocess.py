@@ -1,9 +1,10 @@
 """Pre- and postprocessing with numpy and OpenCV only (no torch), identical to training.
 
-Decoding follows ``bus_mtl.data.io.read_image`` (any PNG mode to 8-bit grey) and resizing
-follows the training decode cache (``bus_mtl.data.io.resize_pair``): area interpolation when
-shrinking, bilinear otherwise. It is restated here rather than imported because
-``bus_mtl.data`` pulls in torch; ``tests/inference`` checks that both agree pixel for pixel.
+Decoding follows ``bus_mtl.data.io.read_image`` (any PNG mode to 8-bit grey; restated here
+for its own error type, ``tests/inference`` checks that both agree pixel for pixel). The
+square input and the way back to the original size are the training code's own
+(``bus_mtl.data.io.fit_to_square`` / ``from_square``, torch-free), in the model's
+``resize`` mode (``squash`` or ``letterbox``, recorded in its metadata).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bus_mtl.data.io import fit_to_square, from_square, square_geometry
 from bus_mtl.inference.metadata import ModelInfo
 
 
@@ -65,20 +67,20 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def resize_image(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize H×W grey to size×size like the training cache: area when shrinking both sides,
-    bilinear otherwise."""
-    h, w = gray.shape
-    interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
-    return cv2.resize(gray, (size, size), interpolation=interp)
+def resize_image(gray: np.ndarray, size: int, resize: str = "squash") -> np.ndarray:
+    """H×W grey as the size×size input, exactly as the training cache makes it
+    (:func:`~bus_mtl.data.io.fit_to_square`: squashed or letterboxed; area when shrinking
+    both sides, bilinear otherwise)."""
+    return fit_to_square(gray, size, resize)[0]
 
 
 def preprocess(gray: np.ndarray, info: ModelInfo, hflip: bool = False) -> np.ndarray:
-    """H×W uint8 grey -> 1×C×S×S float32 network input (``(x / 255 - mean) / std``).
+    """H×W uint8 grey -> 1×C×S×S float32 network input (``(x / 255 - mean) / std``), made
+    square as the model was trained (``info.resize``).
 
     With ``hflip`` the batch holds the image and its horizontal mirror (2×C×S×S).
     """
-    img = resize_image(gray, info.image_size).astype(np.float32)
+    img = resize_image(gray, info.image_size, info.resize).astype(np.float32)
     img = (img / np.float32(255.0) - np.float32(info.mean)) / np.float32(info.std)
     batch = img[None, None]
     if hflip:
@@ -107,8 +109,11 @@ def class_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(scaled, axis=-1)
 
 
-def mask_to_original(mask_prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """S×S mask probability -> H×W float32 at the original image size (bilinear)."""
-    h, w = shape
-    prob = np.ascontiguousarray(mask_prob, dtype=np.float32)
-    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+def mask_to_original(
+    mask_prob: np.ndarray, shape: tuple[int, int], resize: str = "squash"
+) -> np.ndarray:
+    """S×S mask probability -> H×W float32 at the original image size: the padding of a
+    ``letterbox`` input cropped off, then bilinear (:func:`~bus_mtl.data.io.from_square`).
+    ``resize`` is the model's (``info.resize``)."""
+    prob = np.asarray(mask_prob)
+    return from_square(prob, square_geometry(shape, prob.shape[-1], resize))

@@ -36,6 +36,7 @@ def info_from_checkpoint_meta(
     data.setdefault("in_channels", getattr(net, "in_channels", 1))
     data.setdefault("num_classes", getattr(net, "num_classes", 1))
     data["tta"] = data.get("tta") or "none"  # checkpoints from before TTA
+    data["resize"] = data.get("resize") or "squash"  # checkpoints from before letterbox
     data["bus_mtl_version"] = __version__
     return ModelInfo.from_dict(data)
 
@@ -124,9 +125,22 @@ class TorchPredictor(BasePredictor):
             decision_threshold=decision_threshold,
         )
 
-    @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        out = self.net(torch.from_numpy(batch).to(self.device))
+        return self._forward(self.net, batch)
+
+    def _run_views(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The bare network (inside its :class:`~bus_mtl.models.FlipTTA`, if wrapped) on the
+        image and its mirror: both views of a TTA checkpoint are observable here."""
+        from bus_mtl.models.tta import FlipTTA
+
+        net = self.net.net if isinstance(self.net, FlipTTA) else self.net
+        return self._forward(net, batch)
+
+    @torch.inference_mode()
+    def _forward(
+        self, net: nn.Module, batch: np.ndarray
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        out = net(torch.from_numpy(batch).to(self.device))
         mask, logits = out[0], out[1]
         return (
             None if mask is None else mask.float().cpu().numpy(),

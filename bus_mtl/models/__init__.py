@@ -25,6 +25,7 @@ from bus_mtl.models.registry import (
     variant_class,
     variant_name,
 )
+from bus_mtl.models.seg_crop_effnet import SegCropEffNet
 from bus_mtl.models.seg_features_effnet import SegResNetEffNetFeatures
 from bus_mtl.models.segresnet import SegResNetOnly
 from bus_mtl.models.shared_encoder import SharedEncoder
@@ -47,6 +48,7 @@ __all__ = [
     "PretrainedPart",
     "SMPDeepLabV3Plus",
     "SMPUnet",
+    "SegCropEffNet",
     "SegResNetEffNetFeatures",
     "SegResNetOnly",
     "SharedEncoder",

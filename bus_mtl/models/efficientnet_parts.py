@@ -20,7 +20,7 @@ VALID_MODEL_NAMES: tuple[str, ...] = EFFICIENTNET_NAMES + LITE_NAMES
 # PyTorch's BatchNorm momentum (weight of the *new* batch statistic). efficientnet-pytorch
 # keeps TensorFlow's ``batch_norm_momentum=0.99`` (weight of the *old* value), i.e. PyTorch
 # momentum 0.01: after a few hundred steps the running statistics still hold ~10 % of their
-# initial values and eval-mode outputs collapse to a constant (issue 9). Every BatchNorm of
+# initial values and eval-mode outputs collapse to a constant (docs/results.md). Every BatchNorm of
 # every variant uses this value instead.
 BN_MOMENTUM = 0.1
 

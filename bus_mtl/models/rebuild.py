@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bus_mtl.data.io import check_resize
 from bus_mtl.models.tta import check_tta, with_tta
 
 # Init arguments that load weights from elsewhere: the checkpoint's state_dict replaces them,
@@ -163,18 +164,29 @@ def checkpoint_tta(meta: dict[str, Any], ckpt_path: str | Path = "") -> str:
     return check_tta(meta.get("tta", "none"), what=f"{where}checkpoint['bus_mtl']['tta']")
 
 
+def checkpoint_resize(meta: dict[str, Any], ckpt_path: str | Path = "") -> str:
+    """How the checkpoint's images became the square input (``data.resize``): ``"squash"``
+    or ``"letterbox"``; checkpoints from before the key existed squashed (``"squash"``)."""
+    where = f"{ckpt_path}: " if ckpt_path else ""
+    return check_resize(
+        meta.get("resize") or "squash", what=f"{where}checkpoint['bus_mtl']['resize']"
+    )
+
+
 def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained net from a checkpoint's metadata alone, in eval mode: the *bare*
     net, without the checkpoint's test-time augmentation (:func:`load_inference_net` adds it).
 
     Returns ``(net, meta)`` where ``meta`` is ``checkpoint["bus_mtl"]`` (see ARCHITECTURE.md):
-    variant, class path, init args, channels, classes, image size, normalisation, class
-    names, fitted temperature, mask threshold and the image-level decision threshold.
+    variant, class path, init args, channels, classes, image size, resize mode (``"squash"``
+    for checkpoints from before it was recorded), normalisation, class names, fitted
+    temperature, mask threshold and the image-level decision threshold.
     Checkpoints of every version of the library load: only ``net_class_path`` and
     ``net_init_args`` are needed to build the net.
     """
     checkpoint = load_checkpoint(ckpt_path)
     meta = dict(checkpoint["bus_mtl"])
+    meta["resize"] = checkpoint_resize(meta, ckpt_path)
     config = checkpoint_net_config(meta, ckpt_path)
     net = build_net(config)
     missing, unexpected = net.load_state_dict(net_state_dict(checkpoint), strict=False)

@@ -10,6 +10,7 @@ from bus_mtl.models.base import MTLNet
 from bus_mtl.models.cross_stitch import CrossStitch
 from bus_mtl.models.efficientnet import EfficientNetOnly
 from bus_mtl.models.mask_guided import MaskGuidedCascade
+from bus_mtl.models.seg_crop_effnet import SegCropEffNet
 from bus_mtl.models.seg_features_effnet import SegResNetEffNetFeatures
 from bus_mtl.models.segresnet import SegResNetOnly
 from bus_mtl.models.shared_encoder import SharedEncoder
@@ -24,6 +25,7 @@ VARIANTS: dict[str, type[MTLNet]] = {
     "cross_stitch": CrossStitch,
     "smp_unet": SMPUnet,
     "smp_deeplabv3plus": SMPDeepLabV3Plus,
+    "seg_crop_effnet": SegCropEffNet,
 }
 
 BEST_VARIANT = "seg_features_effnet"

@@ -20,10 +20,9 @@ SEGRESNET_DIVISOR = 8
 # Normalisation inside SegResNet. "group" is MONAI's default (GroupNorm, 8 groups) and the
 # paper's. "batch" (BatchNorm2d) is the deployment-minded choice: at inference BatchNorm is
 # a fixed per-channel affine that onnxruntime folds into the convolutions (or runs in their
-# NCHWc layout), while GroupNorm's per-image statistics leave the layout on every block. On
-# the 2-core development machine the main job's net ran at 51.3 ms in onnxruntime with
-# "batch" against 65.1 ms with "group" (256², random weights; PyTorch eager 110.8 vs 114.4
-# ms; experiments/deploy_routes.py). Accuracy on BUSI 5-fold: README, Results.
+# NCHWc layout), while GroupNorm's per-image statistics leave the layout on every block, so
+# the deployed net is faster with "batch" (latency and BUSI 5-fold accuracy of both:
+# docs/results.md; experiments/deploy_routes.py measures it).
 SEGRESNET_NORMS = ("group", "batch")
 
 
@@ -32,12 +31,10 @@ class ChannelsFirstGroupNorm(nn.GroupNorm):
     contiguous copy of a channels-last input and hands back channels-last.
 
     Why: on CPU, PyTorch's GroupNorm kernels are several times slower on channels-last
-    tensors than on contiguous ones (backward at 8×8×128×128: 17.5 ms against 3.5 ms on the
-    2-core development machine), while the convolutions around them are faster in
-    channels-last. Two copies cost less than the difference: a training step of the main
-    job's net (batch 8, 128²) takes 0.60 s this way, 0.66 s with plain GroupNorm in
-    channels-last, 0.68 s all contiguous. Contiguous inputs (and any input on a GPU) take
-    the plain path, so tracing and export see an ordinary GroupNorm.
+    tensors than on contiguous ones, while the convolutions around them are faster in
+    channels-last; the two copies cost less than that difference (the step times are in
+    docs/results.md). Contiguous inputs (and any input on a GPU) take the plain path, so
+    tracing and export see an ordinary GroupNorm.
     """
 
     def forward(self, x: Tensor) -> Tensor:

@@ -2,9 +2,9 @@
 
 Ultrasound lesions have no left-right semantics, so the image mirrored along W is as valid a
 view as the image itself. :class:`FlipTTA` runs both views through the net in one batch and
-averages the logits (the mirrored mask flipped back first). On the CPU recipe's checkpoint
-(BUSI fold 0) it raised the validation AUC from 0.855 to 0.875 with the same weights, which
-is why the recipe uses it (README, Results).
+averages the logits (the mirrored mask flipped back first). It raised the validation AUC of
+the CPU recipe's checkpoint with the same weights, which is why the recipe uses it
+(docs/results.md).
 
 The mode is a plain string (``"none"`` or ``"hflip"``), recorded in a training module's
 hparams and in ``checkpoint["bus_mtl"]["tta"]``; :func:`with_tta` turns a net and a mode into

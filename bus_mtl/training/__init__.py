@@ -19,6 +19,7 @@ _EXPORTS = {
     "PerImagePredictions": "bus_mtl.training.callbacks",
     "TemperatureCalibration": "bus_mtl.training.calibration",
     "TimeBudget": "bus_mtl.training.budget",
+    "SchedulePlan": "bus_mtl.training.budget",
     "EMA": "bus_mtl.training.ema",
     "ValidationImages": "bus_mtl.training.visualization",
     "DiceBCELoss": "bus_mtl.training.losses",

@@ -53,6 +53,8 @@ def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
         "in_channels": int(getattr(net, "in_channels", init_args.get("in_channels", 1))),
         "num_classes": num_classes,
         "image_size": image_size,
+        # How images became the square input (data.resize); inference undoes the same.
+        "resize": str(getattr(datamodule, "resize", "squash")),
         "normalization": dict(normalization) if normalization is not None else None,
         "class_names": list(class_names),
         "temperature": float(module.temperature),

@@ -57,6 +57,8 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from bus_mtl.data.io import from_square, square_geometry
+
 __all__ = [
     "BINARY_METRICS",
     "ECE_BINS",
@@ -192,17 +194,22 @@ def original_size_seg_metrics(
     threshold: float = 0.5,
     include_background: bool = False,
     with_hd95: bool = True,
+    resize: str = "squash",
 ) -> dict[str, Tensor]:
     """:func:`per_image_seg_metrics` at each image's original size.
 
-    The network sees a square resize of every image (BUSI's aspect ratio runs from 0.57 to
-    2.05); a clinician's mask is drawn on the original. Each image's logits are resized back
-    (bilinear, like a deployed model's output) to its target's H0×W0 before thresholding, so
-    Dice, IoU and HD95 (in original pixels) are those of the mask a user would get.
+    The network sees every image as a square (BUSI's aspect ratio runs from 0.57 to 2.05:
+    squashed, or letterboxed with padding); a clinician's mask is drawn on the original.
+    Each image's logits are brought back to its target's H0×W0 by
+    :func:`~bus_mtl.data.io.from_square` (padding cropped, bilinear, like a deployed model's
+    output) before thresholding, so Dice, IoU and HD95 (in original pixels) are those of
+    the mask a user would get.
 
     Args:
-        mask_logits: B×1×h×w lesion logits at the working resolution.
+        mask_logits: B×1×S×S lesion logits at the working resolution.
         targets: B masks of shape H0×W0 (any dtype, lesion > 0.5 or > 0), one per image.
+        resize: how the inputs were made square (``"squash"`` or ``"letterbox"``: the
+            datamodule's ``resize``, a checkpoint's ``meta["resize"]``).
     """
     if mask_logits.ndim != 4 or mask_logits.shape[1] != 1:
         raise ValueError(f"expected mask logits of shape B×1×H×W, got {tuple(mask_logits.shape)}.")
@@ -211,13 +218,14 @@ def original_size_seg_metrics(
             f"{len(targets)} original-size masks for a batch of {mask_logits.shape[0]} images."
         )
     rows = []
-    for logits, target in zip(mask_logits, targets):
+    # One host copy per batch: the resize back is OpenCV's, shared with inference.
+    host = mask_logits.detach().float().cpu().numpy()
+    for logits, target in zip(host, targets):
         if target.ndim != 2:
             raise ValueError(f"original-size masks must be H×W, got {tuple(target.shape)}.")
-        size = tuple(int(v) for v in target.shape)
-        up = torch.nn.functional.interpolate(
-            logits[None].float(), size=size, mode="bilinear", align_corners=False
-        )
+        geometry = square_geometry(tuple(target.shape), logits.shape[-1], resize)
+        up = torch.from_numpy(from_square(logits[0], geometry)).to(mask_logits.device)
+        up = up[None, None]
         true = (target.to(up.device) > 0).float()[None, None]
         rows.append(per_image_seg_metrics(up, true, threshold, include_background, with_hd95))
     return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
@@ -281,7 +289,7 @@ class SegmentationMetrics(Metric):
             self.add_state(key, default=[], dist_reduce_fx="cat")
 
     def per_image_values(
-        self, mask_logits: Tensor, target: Tensor | list[Tensor]
+        self, mask_logits: Tensor, target: Tensor | list[Tensor], resize: str = "squash"
     ) -> dict[str, Tensor]:
         """The per-image values ``update(mask_logits, target)`` would add, with this metric's
         threshold, ``include_background`` and ``with_hd95``; the state is not touched.
@@ -289,14 +297,20 @@ class SegmentationMetrics(Metric):
         Args:
             mask_logits: B×1×H×W lesion logits.
             target: B×1×H×W like the logits, or a list of B original-size H0×W0 masks (the
-                logits are then resized to each; see :func:`original_size_seg_metrics`).
+                logits are then brought back to each; see :func:`original_size_seg_metrics`).
+            resize: how the inputs were made square, for original-size targets.
 
         Returns:
             (B,) float32 tensors keyed as :func:`per_image_seg_metrics`.
         """
         if isinstance(target, (list, tuple)):
             return original_size_seg_metrics(
-                mask_logits, list(target), self.threshold, self.include_background, self.with_hd95
+                mask_logits,
+                list(target),
+                self.threshold,
+                self.include_background,
+                self.with_hd95,
+                resize,
             )
         return per_image_seg_metrics(
             mask_logits, target, self.threshold, self.include_background, self.with_hd95

@@ -42,28 +42,54 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
 class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
     """Linear warmup from 1 % of the learning rate, then cosine decay to 0, stepped per batch.
 
-    ``total_steps`` and ``warmup_steps`` are attributes the factor reads at every step, so a
-    run whose length is only known once it is under way (:class:`TimeBudget`) can re-plan
-    them and still end its decay at 0 exactly on its last step.
+    A run whose length is only known once it is under way (:class:`TimeBudget`) re-plans it
+    with :meth:`replan`: from the current step on, the cosine's progress goes linearly from
+    where it is to 1 at the new ``total_steps``. The learning rate is continuous across a
+    re-plan (the current step keeps its rate) and still reaches 0 exactly on the last step.
+    The plan (``total_steps``, ``warmup_steps`` and the anchor of the latest re-plan) is the
+    scheduler's state, saved in checkpoints.
     """
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
     ) -> None:
-        self.replan(total_steps, warmup_steps)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps - 1)
+        # The cosine's progress is anchor_progress at anchor_step and 1 at total_steps.
+        self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
         super().__init__(optimizer, self.factor)
 
     def replan(self, total_steps: int, warmup_steps: int | None = None) -> None:
-        self.total_steps = max(int(total_steps), 1)
-        if warmup_steps is None:
-            warmup_steps = self.warmup_steps
-        self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps - 1)
+        """End the decay at ``total_steps`` (never before the current step) instead.
+
+        During warmup the cosine has not begun: the plan is as if made at the start
+        (``warmup_steps`` may change too). Past it, the current step keeps its progress,
+        and so its learning rate: no jump, whatever the new length.
+        """
+        step = max(int(self.last_epoch), 0)
+        if step > self.warmup_steps:
+            self.anchor_progress = self.progress(step)  # under the plan so far
+            self.anchor_step = step
+            self.total_steps = max(int(total_steps), step, 1)
+            return
+        self.total_steps = max(int(total_steps), step, 1)
+        if warmup_steps is not None:
+            self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = min(max(self.warmup_steps, 0), self.total_steps - 1)
+        self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
+
+    def progress(self, step: int) -> float:
+        """The cosine's progress at ``step`` (0 at the end of warmup, 1 at ``total_steps``)."""
+        span = self.total_steps - self.anchor_step
+        if span <= 0 or step >= self.total_steps:
+            return 1.0  # exactly: the learning rate is 0, not a rounding error away from it
+        done = (step - self.anchor_step) / span
+        return min(self.anchor_progress + (1.0 - self.anchor_progress) * done, 1.0)
 
     def factor(self, step: int) -> float:
         if step < self.warmup_steps:
             return 0.01 + 0.99 * step / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
 
     def state_dict(self) -> dict[str, Any]:
         # LambdaLR would try to pickle the bound method; the plan is what needs saving.
@@ -72,6 +98,9 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
+        if "anchor_step" not in state_dict:
+            # Checkpoints from before re-plans kept their progress: one plain cosine.
+            self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
 
 
 def warmup_cosine(
@@ -460,7 +489,12 @@ class MultiTaskModule(pl.LightningModule):
         orig = self.orig_size_metrics
         if out.mask is not None and orig is not None and "orig_mask" in batch:
             seg = orig["seg"]
-            orig_values = seg.per_image_values(out.mask.detach().float(), batch["orig_mask"])
+            # Undo the datamodule's squash or letterbox (data.resize) to reach each original.
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+            resize = str(getattr(datamodule, "resize", "squash"))
+            orig_values = seg.per_image_values(
+                out.mask.detach().float(), batch["orig_mask"], resize=resize
+            )
             seg.update(per_image=orig_values)
             # The per-image rows report what the summary reports: the original size.
             row.update({f"{k}_input": row[k] for k in SEG_ROW_KEYS})

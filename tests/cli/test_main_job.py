@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -84,10 +85,39 @@ def test_busi_found_through_the_environment(monkeypatch, tmp_path):
         main_job.build_args(parse("--data", "busi"))
 
 
+def test_external_path_is_checked_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
+    code = main_job.main(["--accelerator", "cpu", "--external", str(tmp_path / "missing")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--external {tmp_path / 'missing'}: not found" in err
+    assert parse("--external", "none").external == "none" and parse().external is None
+
+
+def test_find_external_root(monkeypatch, tmp_path):
+    from bus_mtl.data.paths import find_external_root
+
+    monkeypatch.setenv("BUS_MTL_EXTERNAL", str(tmp_path))
+    assert find_external_root() == tmp_path
+    monkeypatch.setenv("BUS_MTL_EXTERNAL", str(tmp_path / "nowhere"))
+    assert find_external_root() is None
+    monkeypatch.delenv("BUS_MTL_EXTERNAL")
+    shared = tmp_path / "shared" / "data" / "breast_lesions_usg"
+    shared.mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    assert find_external_root(tmp_path / "project") == shared.resolve()
+
+
 @pytest.mark.slow
 def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatch):
+    """Train, test, and score the best checkpoint on an external manifest (here 8 other
+    phantoms) beside the test part's metrics."""
+    from bus_mtl.data import SyntheticSource
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    external = tmp_path / "external"
+    SyntheticSource(n=8, image_size=64, seed=5, root=external).write()
     code = main_job.main(
         [
             "--data",
@@ -104,6 +134,8 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
             "1",
             "--root",
             str(tmp_path / "runs"),
+            "--external",
+            str(external),
         ]
     )
     import wandb
@@ -129,6 +161,16 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     assert meta["tta"] == "hflip"  # the CPU recipe evaluates with flip TTA
     (wandb_line,) = [line for line in out.splitlines() if line.startswith("W&B run (offline):")]
     assert os.path.isdir(wandb_line.split(":", 1)[1].strip())
+    # The external check: the test part's row and the external set's, side by side.
+    assert f"== external check: {best} on {external} ==" in out
+    table = out.split("== external check", 1)[1].splitlines()
+    assert table[1].split()[:3] == ["n", "Dice", "AUC"]
+    assert table[2].startswith("synthetic test part") and table[3].startswith("external (external)")
+    metrics = json.loads(
+        (Path(lines["metrics CSV"]).parent / "external_external" / "metrics.json").read_text()
+    )
+    assert metrics["n"] == 8 and metrics["model"]["path"] == str(best)
+    assert metrics["threshold"] == pytest.approx(meta["decision_threshold"])
 
 
 def test_loop_benchmark_takes_the_recipes_net_and_loader():

@@ -43,6 +43,7 @@ def test_unreadable_file_is_skipped_and_exit_nonzero(mtl_onnx, odd_images, tmp_p
         "predicted_class",
         "lesion_area",
         "lesion_found",
+        "uncertainty",
     ]
     for stem in ("scan_rgb", "scan_gray"):
         assert (out / "masks" / f"{stem}.png").is_file()
@@ -182,3 +183,22 @@ def test_overlay_draws_contour_and_text():
     assert (rgb[:10, :40] != 90).any()  # text box in the top-left corner
     with pytest.raises(ValueError, match="shape"):
         make_overlay(gray, mask[:10], 0.5, "benign")
+
+
+def test_uncertainty_column_is_the_flip_views_disagreement(mtl_ckpt, odd_images, tmp_path):
+    """The model runs no TTA: predict also runs the mirror for the uncertainty, and the
+    prediction itself stays the single pass's."""
+    from bus_mtl.inference.preprocess import read_image
+    from bus_mtl.inference.torch_predictor import TorchPredictor
+
+    out = tmp_path / "out"
+    argv = ["predict", "--ckpt", str(mtl_ckpt), "--input", str(odd_images["gray"])]
+    assert main([*argv, "--output", str(out), "--no-progress"]) == 0
+    row = _rows(out / "predictions.csv")[0]
+    predictor = TorchPredictor.from_checkpoint(mtl_ckpt)
+    gray = read_image(odd_images["gray"])
+    plain = predictor.predict_gray(gray).probability
+    mirror = predictor.predict_gray(np.ascontiguousarray(gray[:, ::-1])).probability
+    assert float(row["uncertainty"]) == pytest.approx(abs(plain - mirror), abs=1e-5)
+    assert float(row["probability"]) == pytest.approx(plain, abs=1e-5)
+    assert predictor.predict_gray(gray).uncertainty is None  # only when asked for

@@ -17,6 +17,8 @@ SMALL: dict[str, dict] = {
     "cross_stitch": {"init_filters": 8},
     "smp_unet": {},
     "smp_deeplabv3plus": {},
+    # Segmentation and crop at 32 px: the grid's 64/96 px inputs are still resampled both ways.
+    "seg_crop_effnet": {"init_filters": 8, "seg_size": 32, "crop_size": 32},
 }
 
 

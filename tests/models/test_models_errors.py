@@ -25,7 +25,8 @@ def test_bad_channels_or_classes(name, arg, value):
 
 
 @pytest.mark.parametrize(
-    "name", ["efficientnet", "seg_features_effnet", "mask_guided", "cross_stitch"]
+    "name",
+    ["efficientnet", "seg_features_effnet", "mask_guided", "cross_stitch", "seg_crop_effnet"],
 )
 def test_unknown_model_name_lists_valid_ones(name):
     with pytest.raises(ValueError) as info:
@@ -35,7 +36,15 @@ def test_unknown_model_name_lists_valid_ones(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["segresnet", "shared_encoder", "seg_features_effnet", "mask_guided", "cross_stitch"]
+    "name",
+    [
+        "segresnet",
+        "shared_encoder",
+        "seg_features_effnet",
+        "mask_guided",
+        "cross_stitch",
+        "seg_crop_effnet",
+    ],
 )
 def test_init_filters_must_fit_group_norm(name):
     with pytest.raises(ValueError, match="init_filters"):

@@ -49,6 +49,9 @@ def _branches(name: str, net) -> tuple[list[nn.Module], list[nn.Module], list[nn
         e = net.effnet
         cls_only = [e._conv_head, e._bn1, e._fc, *e._blocks[net.splits[-1] :]]
         return cls_only, _segresnet_decoder(net.segresnet), [*net.stitches, e._conv_stem]
+    if name == "seg_crop_effnet":
+        # The crop box is detached: each loss trains its own network, nothing is shared.
+        return [net.effnet], [net.segresnet], []
     if name in ("smp_unet", "smp_deeplabv3plus"):
         m = net.model
         return [m.classification_head], [m.decoder, m.segmentation_head], [m.encoder]
@@ -62,6 +65,7 @@ TWO_HEADED = [
     "cross_stitch",
     "smp_unet",
     "smp_deeplabv3plus",
+    "seg_crop_effnet",
 ]
 
 

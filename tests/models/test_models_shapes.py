@@ -47,6 +47,7 @@ def test_registry_lists_the_issue_variants():
         "cross_stitch",
         "smp_unet",
         "smp_deeplabv3plus",
+        "seg_crop_effnet",
     ]
 
 
@@ -70,6 +71,8 @@ def test_output_shapes(net_for, name, in_channels, size, num_classes):
         ("mask_guided", {"model_name": "efficientnet-lite0"}),
         ("efficientnet", {"model_name": "efficientnet-lite0"}),
         ("cross_stitch", {"model_name": "efficientnet-lite0"}),
+        ("seg_crop_effnet", {"model_name": "efficientnet-lite0"}),
+        ("seg_crop_effnet", {"seg_size": None, "square": False}),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())),
 )
@@ -87,7 +90,7 @@ def test_attributes_and_divisors(net_for):
         net = net_for(name, 1, 1)
         assert isinstance(net.has_seg, bool) and isinstance(net.has_cls, bool)
         assert net.has_seg or net.has_cls
-        expected = 8 if name in ("segresnet", "shared_encoder") else 32
+        expected = {"segresnet": 8, "shared_encoder": 8, "seg_crop_effnet": 1}.get(name, 32)
         assert net.size_divisor == expected, name
 
 

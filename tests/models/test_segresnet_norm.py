@@ -25,6 +25,7 @@ def test_every_segresnet_variant_has_the_choice():
         "seg_features_effnet",
         "mask_guided",
         "cross_stitch",
+        "seg_crop_effnet",
     }
     for name in WITH_NORM:
         assert inspect.signature(variant_class(name)).parameters["norm"].default == "group"

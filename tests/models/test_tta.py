@@ -16,7 +16,9 @@ def _manual_average(net, x):
     return mask, logits
 
 
-@pytest.mark.parametrize("name", ["seg_features_effnet", "segresnet", "efficientnet"])
+@pytest.mark.parametrize(
+    "name", ["seg_features_effnet", "segresnet", "efficientnet", "seg_crop_effnet"]
+)
 def test_flip_tta_is_the_average_of_two_calls(name, make_net):
     net = make_net(name).eval()  # BatchNorm on running statistics, as whenever TTA is used
     x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -81,3 +81,33 @@ def test_binormal_youden_is_the_default_rule():
     g = torch.Generator().manual_seed(2)
     probs, labels = _sample(50, 25, -1.0, 1.0, 1.0, 1.0, g)
     assert choose_threshold(probs, labels) == choose_threshold(probs, labels, "youden_binormal")
+
+
+def test_binormal_sensitivity_cutoff_is_the_fitted_quantile():
+    g = torch.Generator().manual_seed(2)
+    probs, labels = _sample(20000, 20000, -1.0, 1.0, 1.5, 1.2, g)
+    t = choose_threshold(probs, labels, "sensitivity_binormal", target_sensitivity=0.9)
+    # N(1.5, 1.2): 90 % of malignant logits lie above 1.5 - 1.2816 * 1.2.
+    assert math.log(t / (1 - t)) == pytest.approx(1.5 - 1.2816 * 1.2, abs=0.05)
+
+
+def test_binormal_sensitivity_cutoff_is_steadier_on_small_samples():
+    g = torch.Generator().manual_seed(3)
+    cuts = {"sensitivity": [], "sensitivity_binormal": []}
+    for _ in range(200):
+        probs, labels = _sample(52, 25, -1.2, 1.3, 1.3, 1.6, g)
+        for rule in cuts:
+            t = choose_threshold(probs, labels, rule, target_sensitivity=0.9)
+            cuts[rule].append(math.log(t / (1 - t)))
+    spread = {rule: torch.tensor(v).std().item() for rule, v in cuts.items()}
+    assert spread["sensitivity_binormal"] < spread["sensitivity"], spread
+
+
+def test_binormal_sensitivity_falls_back_and_is_named():
+    probs = torch.tensor([0.9, 0.6, 0.5, 0.3, 0.2, 0.1])
+    labels = torch.tensor([1, 0, 0, 0, 0, 0])
+    assert choose_threshold(
+        probs, labels, "sensitivity_binormal", target_sensitivity=0.9
+    ) == choose_threshold(probs, labels, "sensitivity", target_sensitivity=0.9)
+    cal = TemperatureCalibration(threshold_rule="sensitivity_binormal", target_sensitivity=0.85)
+    assert cal.rule_name(1) == "sensitivity_binormal>=0.85"
