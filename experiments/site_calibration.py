@@ -244,6 +244,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "AUC",
         "T",
         "threshold",
+        "EM prevalence",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -257,6 +258,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 "auc",
                 "temperature",
                 "threshold",
+                "site_prior",
             )
         ]
         lines.append("| " + " | ".join(cells) + " |")

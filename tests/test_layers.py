@@ -2,6 +2,8 @@
 
     cli, benchmarks  (top: command-line entry points and benchmark scripts; they may import
          |            every layer and each other, and nothing imports them)
+    report           (HTML reports of the folders the commands write)
+         |
     experiments      (cross-validation, comparisons, sweeps)
          |
     training   inference   (inference is the deployment side: it must run without Lightning,
@@ -36,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"models", "data", "configs"},
     # experiments sits above training and inference alike: both point down from it.
     "experiments": {"training", "inference", "models", "data", "configs"},
+    "report": {"experiments", "training", "inference", "models", "data", "configs"},
 }
 
 

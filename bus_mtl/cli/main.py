@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "score a model on a labelled set where every image is a test image (--ckpt/--model, "
         "--manifest or --data.sources, --out): metrics.json, per-image CSV, ROC",
     ),
+    "report": (
+        "bus_mtl.cli.report:main",
+        "one self-contained HTML report of a main/cv/compare/evaluate output folder (DIR "
+        "[-o report.html])",
+    ),
     "cv": ("bus_mtl.cli.cv:main", "k-fold cross-validation of one configuration"),
     "compare": ("bus_mtl.cli.compare:main", "variant x fold comparison table with statistics"),
     "sweep": ("bus_mtl.cli.sweep:main", "run a W&B sweep file locally (optuna)"),

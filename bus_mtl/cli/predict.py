@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bus-mtl predict",
         description="Predict lesion masks and malignancy probabilities for image files. "
         "Writes DIR/masks/<stem>.png (0/255, original size), DIR/overlays/<stem>.png and "
-        "DIR/predictions.csv. Exits 1 when any file could not be read.",
+        "DIR/predictions.csv (with --cam also DIR/cams/<stem>.png). Exits 1 when any file "
+        "could not be read.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="training checkpoint (PyTorch)")
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input side for a checkpoint that does not record it",
     )
+    p.add_argument(
+        "--cam",
+        action="store_true",
+        help="also write DIR/cams/<stem>.png: the Grad-CAM of the malignancy logit over the "
+        "image (needs --ckpt and a variant with a classifier)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -69,6 +76,13 @@ def main(argv: list[str]) -> int:
         return int(lightning_main(["predict", *argv]) or 0)
     args = build_parser().parse_args(argv)
     tta = args.tta == "flip"
+    if args.cam and args.model:
+        print(
+            "bus-mtl predict: --cam needs a checkpoint (--ckpt CKPT): the class-activation map "
+            "follows the gradients of the PyTorch network, which an ONNX model does not have",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.model:
             from bus_mtl.inference.predictor import Predictor
@@ -92,7 +106,9 @@ def main(argv: list[str]) -> int:
             )
         from bus_mtl.inference.predict import predict_files
 
-        summary = predict_files(predictor, args.input, args.output, progress=not args.no_progress)
+        summary = predict_files(
+            predictor, args.input, args.output, progress=not args.no_progress, cam=args.cam
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"bus-mtl predict: {err}", file=sys.stderr)
         return 2

@@ -53,6 +53,9 @@ ADAPT_MODES = ("prior", "bn", "both")
 # training site's two classes (EM runs to the boundary): the threshold it implies would call
 # every case one class, so no such point is written.
 PRIOR_BOUNDS = (0.01, 0.99)
+# Shares of a site's cases called malignant outside these are reported with a warning after an
+# unlabelled adaptation (not refused: a screening population may well be 97 % benign).
+CALLED_BOUNDS = (0.03, 0.9)
 # Below this many cases of a class a refitted threshold is decided by one or two images
 # (a sensitivity target on 2 malignant cases can only be 0, 0.5 or 1): refused.
 MIN_PER_CLASS = 3
@@ -227,6 +230,9 @@ class SiteResult:
             labels.
         shifts: ``{mode: PriorShift}`` of an EM prior-shift adaptation.
         batchnorm_layers: BatchNorm layers re-estimated (0: none).
+        called: ``{mode: (before, after)}`` shares of the site's cases called malignant by
+            the stored model and by the adapted one (label-free: what an unlabelled
+            adaptation can show about itself).
     """
 
     out: Path
@@ -237,6 +243,7 @@ class SiteResult:
     checks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     shifts: dict[str, PriorShift] = field(default_factory=dict)
     batchnorm_layers: int = 0
+    called: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         c = self.cases
@@ -269,6 +276,15 @@ class SiteResult:
                     f"  EM prevalence {s.source_prior:.3f} (training) -> {s.site_prior:.3f} "
                     f"(site; {s.iterations} steps{'' if s.converged else ', NOT converged'})"
                 )
+            if mode in self.called:
+                b, a = self.called[mode]
+                lines.append(f"  share of the site's cases called malignant: {b:.3f} -> {a:.3f}")
+                if not CALLED_BOUNDS[0] <= a <= CALLED_BOUNDS[1]:
+                    lines.append(
+                        f"  WARNING: the adapted model calls {a:.1%} of the site's cases "
+                        "malignant; check it on a few labelled cases before use (calibrate "
+                        "with labels)"
+                    )
             if mode in self.checks:
                 b, a = self.checks[mode]["before"], self.checks[mode]["after"]
                 lines.append(
@@ -398,13 +414,14 @@ def adapt_site(
                 "the model was calibrated for, e.g. --source-prior 0.325 for BUSI (210 of 647)"
             )
     before = {mode: site_model.operating_point(mode) for mode in site_model.modes}
+    logits = stored_logits = site_model.logits(cases.images, batch_size)
     layers = 0
     if adapt in ("bn", "both"):
         layers = site_model.adapt_batchnorm(cases.images, batch_size)
+        logits = site_model.logits(cases.images, batch_size)
     after: dict[str, dict[str, Any]] = {}
     shifts: dict[str, PriorShift] = {}
     if uses_prior:
-        logits = site_model.logits(cases.images, batch_size)
         for mode in site_model.modes:
             probs = probabilities(logits[mode], before[mode]["temperature"])
             shifts[mode] = em_prior_shift(probs, float(source_prior))  # type: ignore[arg-type]
@@ -430,5 +447,28 @@ def adapt_site(
         source_prior=float(source_prior) if uses_prior else None,
         site_prior={m: s.site_prior for m, s in shifts.items()} or None,
     )
+    called = {
+        mode: (
+            _called(stored_logits[mode], before[mode]),
+            _called(logits[mode], after[mode]),
+        )
+        for mode in site_model.modes
+    }
+    record["called_malignant"] = {m: {"before": b, "after": a} for m, (b, a) in called.items()}
     written = site_model.write(out, after, record, batchnorm=layers > 0)
-    return SiteResult(written, cases, record, before, after, shifts=shifts, batchnorm_layers=layers)
+    return SiteResult(
+        written,
+        cases,
+        record,
+        before,
+        after,
+        shifts=shifts,
+        batchnorm_layers=layers,
+        called=called,
+    )
+
+
+def _called(logits: np.ndarray, point: dict[str, Any]) -> float:
+    """Share of cases whose probability under ``point`` is above its threshold."""
+    probs = probabilities(logits, point["temperature"])
+    return float(np.mean(probs > float(point["decision_threshold"])))

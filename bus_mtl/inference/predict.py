@@ -109,9 +109,13 @@ def predict_files(
     output_dir: str | Path,
     tta: bool | None = None,
     progress: bool = True,
+    cam: bool = False,
 ) -> PredictSummary:
     """Predict every image and write ``masks/<stem>.png`` (0/255, original size),
-    ``overlays/<stem>.png`` and ``predictions.csv`` under ``output_dir``.
+    ``overlays/<stem>.png`` and ``predictions.csv`` under ``output_dir``; with ``cam`` also
+    ``cams/<stem>.png``, the Grad-CAM of the malignancy logit over the image with the
+    predicted contour (:func:`bus_mtl.inference.cam.predictor_cam`; a checkpoint's
+    ``TorchPredictor`` with a classifier only, else ``ValueError`` before any file).
 
     ``predictions.csv`` has :data:`CSV_COLUMNS`; ``uncertainty`` is the flip views'
     disagreement (:func:`~bus_mtl.inference.predictor.flip_uncertainty`), for which a model
@@ -121,6 +125,8 @@ def predict_files(
     Two inputs with the same stem get ``<stem>_1``, ``<stem>_2`` ... outputs.
     """
     output_dir = Path(output_dir)
+    if cam:
+        _check_cam(predictor)
     files = collect_inputs(inputs)
     masks_dir, overlays_dir = output_dir / "masks", output_dir / "overlays"
     overlays_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +151,8 @@ def predict_files(
             overlays_dir / f"{stem}.png",
             make_overlay(gray, result.mask, result.probability, result.class_name),
         )
+        if cam:
+            _write_cam(output_dir / "cams" / f"{stem}.png", predictor, gray, result.mask)
         rows.append(_csv_row(file, result))
         summary.written.append(file)
     with summary.csv_path.open("w", newline="") as fh:
@@ -152,6 +160,36 @@ def predict_files(
         writer.writeheader()
         writer.writerows(rows)
     return summary
+
+
+def _check_cam(predictor: BasePredictor) -> None:
+    if not hasattr(predictor, "net"):
+        raise ValueError(
+            "--cam needs a checkpoint (--ckpt): the class-activation map follows the "
+            "gradients of the PyTorch network, which an ONNX model does not have"
+        )
+    if not predictor.info.has_cls:
+        raise ValueError(
+            f"--cam: the model ({predictor.info.variant or 'this variant'}) has no "
+            "classification head, so there is no malignancy logit to map"
+        )
+
+
+def _write_cam(
+    path: Path, predictor: BasePredictor, gray: np.ndarray, mask: np.ndarray | None
+) -> None:
+    """The CAM overlay of one image, with the predicted lesion contour in white."""
+    from bus_mtl.inference.cam import cam_overlay, predictor_cam
+
+    def contour(rgb: np.ndarray) -> None:
+        if mask is not None and mask.any():
+            found, _ = cv2.findContours(
+                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )
+            cv2.drawContours(rgb, found, -1, (255, 255, 255), max(1, round(max(gray.shape) / 256)))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_rgb(path, cam_overlay(gray, predictor_cam(predictor, gray), contours=contour))
 
 
 def _progress(items: list, enabled: bool):

@@ -326,6 +326,17 @@ class TemperatureCalibration(Callback):
             return f"sensitivity_binormal>={self.target_sensitivity:g}"
         return self.threshold_rule
 
+    def _superseded(self, trainer: pl.Trainer) -> bool:
+        """True when another TemperatureCalibration comes later among the trainer's
+        callbacks: the later one fits the operating point. A recipe appends its own
+        (``trainer.callbacks+``, e.g. a sensitivity-favouring rule) without restating the
+        shared callback list."""
+        callbacks = list(getattr(trainer, "callbacks", []))
+        mine = next((i for i, cb in enumerate(callbacks) if cb is self), None)
+        if mine is None:
+            return False
+        return any(isinstance(cb, TemperatureCalibration) for cb in callbacks[mine + 1 :])
+
     def _val_loader(self, trainer: pl.Trainer) -> Any:
         # The datamodule's own loader: every rank sees the whole validation set, so every
         # rank fits the same temperature without collectives.
@@ -414,6 +425,8 @@ class TemperatureCalibration(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fast_dev_run or not getattr(pl_module, "has_cls", False):
+            return
+        if self._superseded(trainer):
             return
         loader = self._val_loader(trainer)
         if loader is None:

@@ -194,6 +194,10 @@ def test_unlabelled_prior_shift_moves_the_threshold_by_the_em_estimate(
     assert meta["decision_threshold"] == pytest.approx(expected) != pytest.approx(0.37)
     assert meta["temperature"] == 2.5
     assert TorchPredictor.from_checkpoint(out).decision_threshold == pytest.approx(expected)
+    # Label-free: the share of the site's cases called malignant, stored vs adapted.
+    called = record["called_malignant"]["none"]
+    assert called["before"] == pytest.approx(np.mean(probs > 0.37))
+    assert called["after"] == pytest.approx(np.mean(probs > expected))
 
 
 def test_unlabelled_both_on_a_checkpoint_and_prior_on_an_export_needs_the_source_prior(
