@@ -57,14 +57,16 @@ def _cls_weight(cfg: dict[str, Any]) -> Any:
 
 
 def _threshold_rule(cfg: dict[str, Any]) -> str | None:
-    """The calibration callback's threshold rule (its default when not spelled out)."""
+    """The threshold rule of the last calibration callback (the one that fits; its default
+    when not spelled out)."""
     callbacks = _get(cfg, "trainer", "callbacks")
+    rule = None
     for cb in callbacks if isinstance(callbacks, list) else []:
         if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith(
             "TemperatureCalibration"
         ):
-            return _get(cb, "init_args", "threshold_rule") or "youden_binormal"
-    return None
+            rule = _get(cb, "init_args", "threshold_rule") or "youden_binormal"
+    return rule
 
 
 def _cpu_recipe(cfg: dict[str, Any]) -> bool:
@@ -76,7 +78,7 @@ def _cpu_recipe(cfg: dict[str, Any]) -> bool:
 #: Choices made on BUSI images before the tuning hold-out existed (docs/protocol.md).
 PAST_CHOICES: tuple[PastChoice, ...] = (
     PastChoice(
-        "the classification loss weight 0.25 (model.weighting cls, recipes/cpu.yaml)",
+        "the classification loss weight 0.25 (model.weighting cls, recipes/cpu_paper.yaml)",
         FOLD0_VAL,
         lambda cfg: _cls_weight(cfg) == 0.25,
     ),

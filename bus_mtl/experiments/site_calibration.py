@@ -374,9 +374,9 @@ def calibrate_site(
 def adapt_site(
     out: str | Path,
     manifest: str | Path,
+    adapt: str,
     ckpt: str | Path | None = None,
     model: str | Path | None = None,
-    adapt: str = "prior",
     site: str | None = None,
     source_prior: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -394,6 +394,10 @@ def adapt_site(
     * ``"bn"`` (checkpoints only): every BatchNorm layer's running statistics re-estimated
       on the site's images; temperature and threshold kept;
     * ``"both"``: BatchNorm first, then the prior shift on the adapted network's outputs.
+
+    There is no default: on BrEaST-Lesions_USG the prior shift alone put the prevalence at
+    0.95 (true 0.39) for both BUSI checkpoints measured and called every case malignant,
+    while ``"both"`` gave a usable point (``experiments/site_calibration.py``).
 
     ``source_prior``: the prevalence the stored probabilities refer to (default: the
     checkpoint's training part; an ONNX export records none, so it must be given).

@@ -113,7 +113,7 @@ def grad_cam_full(
             and output.is_floating_point()
             and not any(output is i for i in inputs)  # nn.Identity: its input's map
         ):
-            captured.append((names[id(module)], output))
+            captured.append((names.get(id(module), type(module).__name__), output))
             # The clone is what the rest of the forward sees, so an in-place op after this
             # module (ReLU(inplace=True)) cannot overwrite the values explained here.
             return output.clone()

@@ -3,8 +3,10 @@ main`` run, a ``cv`` or ``compare`` output, an ``evaluate`` output): metrics wit
 intervals, provenance, ROC / reliability / confusion / threshold / referral figures,
 per-centre tables, and a gallery of cases with their class-activation maps.
 
-``collect`` reads the folder, ``gallery`` redraws chosen cases with the folder's model,
-``figures`` draws the plots, ``render`` writes the HTML; :func:`write_report` does all.
+``collect`` tells the folder's kind and reads it (``evaluate_folder``, ``run_folder``,
+``cv_folder``, with ``files`` and ``result_set``), ``gallery`` redraws chosen cases with the
+folder's model, ``figures`` draws the plots, ``render`` writes the HTML;
+:func:`write_report` does all.
 """
 
 from bus_mtl.report.write import REPORT_FILE, write_report

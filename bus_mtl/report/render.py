@@ -22,8 +22,8 @@ import pandas as pd
 
 from bus_mtl import __version__
 from bus_mtl.report import figures
-from bus_mtl.report.collect import METRIC_ROWS, Report, ResultSet, centre_table
 from bus_mtl.report.gallery import SECTIONS, Gallery
+from bus_mtl.report.result_set import METRIC_ROWS, Report, ResultSet, centre_table
 
 #: Metrics shown with 1 decimal: distances in pixels.
 PIXEL_METRICS = frozenset({"hd95"})

@@ -8,9 +8,11 @@ the epochs that fit into the rest of the budget from the *steady-state* epoch ti
 median of the latest few epochs after the first ones, which fill caches and run slower. It
 sets ``max_epochs`` to that (never above the configured ``max_epochs``, which is a cap, never
 below the epochs done) and re-plans the module's :class:`WarmupCosine`, upward or downward.
-A re-plan keeps the cosine's progress at the current step, so the learning rate never
-jumps, and the decay still ends at 0 on the last step. A run whose budget is spent
-mid-epoch stops there.
+A re-plan keeps the cosine's progress at the current step, so the learning rate does not
+jump down, and the decay still ends at 0 on the last step; a plan lengthened after early
+epochs ran slow (caches, another job on the machine) gives back the rate the short plan had
+decayed, up to a plain cosine over the new length (:meth:`WarmupCosine.replan`). A run whose
+budget is spent mid-epoch stops there.
 
 Because the re-planned curve is not a plain cosine over the final epoch count, repeating a
 budgeted run means replaying its schedule: :class:`TimeBudget` records every re-plan as
@@ -294,7 +296,7 @@ class SchedulePlan(Callback):
     """Replay a :class:`TimeBudget`'s recorded schedule, with no clock.
 
     Applies ``WarmupCosine.replan(total)`` when the scheduler reaches each recorded
-    ``[step, total]`` (the same progress-preserving re-plans, so the same learning rate at
+    ``[step, total]`` (the same re-plans, so the same learning rate at
     every step), and stops at ``stop_step`` when the budget had stopped the run mid-epoch.
     The epochs are ``trainer.max_epochs``'s (:func:`reproduce_args` sets them). A
     :class:`TimeBudget` among the callbacks stands down.

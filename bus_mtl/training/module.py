@@ -44,8 +44,10 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
 
     A run whose length is only known once it is under way (:class:`TimeBudget`) re-plans it
     with :meth:`replan`: from the current step on, the cosine's progress goes linearly from
-    where it is to 1 at the new ``total_steps``. The learning rate is continuous across a
-    re-plan (the current step keeps its rate) and still reaches 0 exactly on the last step.
+    where it is to 1 at the new ``total_steps``, and still reaches 0 exactly on the last step.
+    Shortening keeps the current rate (no jump; the decay steepens). Lengthening keeps it
+    too unless an earlier, shorter plan had decayed it below a plain cosine over the new
+    length at this step: then the rate goes back up to that cosine's.
     The plan (``total_steps``, ``warmup_steps`` and the anchor of the latest re-plan) is the
     scheduler's state, saved in checkpoints.
     """
@@ -63,14 +65,19 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
         """End the decay at ``total_steps`` (never before the current step) instead.
 
         During warmup the cosine has not begun: the plan is as if made at the start
-        (``warmup_steps`` may change too). Past it, the current step keeps its progress,
-        and so its learning rate: no jump, whatever the new length.
+        (``warmup_steps`` may change too). Past it, the progress at the current step is the
+        smaller of the old plan's and a plain cosine's over the new length.
         """
         step = max(int(self.last_epoch), 0)
         if step > self.warmup_steps:
-            self.anchor_progress = self.progress(step)  # under the plan so far
+            total = max(int(total_steps), step, 1)
+            # Never further along than a plain cosine over the new length: a plan that was
+            # too short (e.g. epochs slowed by another job) had decayed the rate early, and
+            # lengthening it gives that rate back instead of training on at its remains.
+            plain = (step - self.warmup_steps) / max(total - self.warmup_steps, 1)
+            self.anchor_progress = min(self.progress(step), plain)  # progress(): the old plan
             self.anchor_step = step
-            self.total_steps = max(int(total_steps), step, 1)
+            self.total_steps = total
             return
         self.total_steps = max(int(total_steps), step, 1)
         if warmup_steps is not None:

@@ -36,25 +36,41 @@ def test_cpu_recipe_is_the_yaml_file_and_prints_the_gpu_command(monkeypatch, tmp
     assert "CPU recipe" in notes[1] and "--trainer.accelerator gpu" in notes[1]
 
 
-def test_cpu_recipe_builds_the_papers_best_variant(monkeypatch, tmp_path):
-    """The composed CPU configuration instantiates what the recipe file says."""
+@pytest.mark.parametrize(
+    "extra, net_class, resize",
+    [
+        ((), "SegCropEffNet", "letterbox"),
+        (("--paper-variant",), "SegResNetEffNetFeatures", "squash"),
+    ],
+)
+def test_cpu_recipes_build_what_their_files_say(monkeypatch, tmp_path, extra, net_class, resize):
+    """The main job's CPU recipe (segment, then classify the crop) and the paper's best
+    variant one flag away: the composed configuration instantiates what each file says."""
     from bus_mtl.cli.lightning import build_cli
-    from bus_mtl.models import SegResNetEffNetFeatures
+    from bus_mtl.training import TimeBudget
+    from bus_mtl.training.calibration import TemperatureCalibration
 
     monkeypatch.setenv("BUS_MTL_DATA", str(tmp_path / "nowhere"))
-    args, recipe, _ = main_job.build_args(
-        parse("--accelerator", "cpu", "--root", str(tmp_path / "runs"))
+    args, recipe, notes = main_job.build_args(
+        parse("--accelerator", "cpu", "--root", str(tmp_path / "runs"), *extra)
     )
+    name = "cpu_paper" if extra else "cpu"
+    assert any(a.endswith(f"recipes/{name}.yaml") for a in args)
+    assert recipe == main_job.read_recipe(name)
+    assert f"recipes/{name}.yaml" in notes[1]
     cli = build_cli([*args, "--trainer.logger=false"], run=False)
-    assert isinstance(cli.model.net, SegResNetEffNetFeatures)
+    assert type(cli.model.net).__name__ == net_class
     assert cli.model.net.model_name == "efficientnet-lite0"
     assert cli.datamodule.image_size == recipe["image_size"]
     assert cli.datamodule.batch_size == recipe["batch_size"]
+    assert cli.datamodule.resize == resize
     assert cli.trainer.max_epochs == recipe["max_epochs"]
-    from bus_mtl.training import TimeBudget
-
     (budget,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TimeBudget)]
     assert budget.budget_s == 60 * recipe["budget_min"]
+    # The last TemperatureCalibration fits the operating point: the recipe's rule.
+    calibration = [cb for cb in cli.trainer.callbacks if isinstance(cb, TemperatureCalibration)]
+    expected = "sensitivity_binormal" if not extra else "youden_binormal"
+    assert calibration[-1].threshold_rule == expected
 
 
 def test_gpu_recipe_and_overrides(monkeypatch, tmp_path):

@@ -183,7 +183,7 @@ def test_unlabelled_prior_shift_moves_the_threshold_by_the_em_estimate(
     source = float(1 / (1 + np.exp(-np.mean(np.log(probs / (1 - probs))))))
     out = tmp_path / "prior.ckpt"
     args = ["calibrate", "--ckpt", str(ranked_ckpt), "--manifest", str(manifest), "--out", str(out)]
-    assert main([*args, "--unlabelled", "--source-prior", str(source)]) == 0
+    assert main([*args, "--unlabelled", "--adapt", "prior", "--source-prior", str(source)]) == 0
     meta = torch.load(out, map_location="cpu", weights_only=True)["bus_mtl"]
     record, cal = meta[SITE_RECORD_KEY], meta["calibration"]
     assert record["method"] == "em_prior_shift" and record["n_malignant"] is None
@@ -225,6 +225,10 @@ def test_unlabelled_both_on_a_checkpoint_and_prior_on_an_export_needs_the_source
     assert record["method"] == "batchnorm+em_prior_shift" and record["batchnorm_layers"] > 0
     assert record["source_prior"] == 0.5  # the training part's counts: 10 and 10
     onnx_args = ["calibrate", "--model", str(ranked_onnx), "--manifest", manifest, "--unlabelled"]
+    with pytest.raises(SystemExit):  # no default adaptation
+        main([*onnx_args, "--out", str(tmp_path / "x.onnx")])
+    assert "--unlabelled needs --adapt prior, bn or both" in capsys.readouterr().err
+    onnx_args += ["--adapt", "prior"]
     assert main([*onnx_args, "--out", str(tmp_path / "a.onnx")]) == 2
     assert "--source-prior" in capsys.readouterr().err
     assert main([*onnx_args, "--out", str(tmp_path / "b.onnx"), "--adapt", "bn"]) == 2

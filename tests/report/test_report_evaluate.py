@@ -14,7 +14,7 @@ import pandas as pd
 
 from bus_mtl.experiments.evaluate import CI_METRICS
 from bus_mtl.report import write_report
-from bus_mtl.report.collect import read_evaluate
+from bus_mtl.report.evaluate_folder import read_evaluate
 from bus_mtl.report.gallery import SECTIONS, choose_cases
 from bus_mtl.report.render import format_ci, format_value, report_data
 from bus_mtl.training.metrics import binary_metrics

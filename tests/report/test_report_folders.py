@@ -16,8 +16,9 @@ from bus_mtl.experiments.compare import read_groups, write_comparison
 from bus_mtl.experiments.evaluate import bootstrap_intervals
 from bus_mtl.experiments.results import pooled_metrics, read_predictions, write_cv_summary
 from bus_mtl.report import write_report
-from bus_mtl.report.collect import detect_kind, read_logged_test_metrics
+from bus_mtl.report.collect import detect_kind
 from bus_mtl.report.render import format_value, report_data
+from bus_mtl.report.run_folder import read_logged_test_metrics
 
 
 def test_run_folder(run_dir, tmp_path):

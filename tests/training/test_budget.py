@@ -83,7 +83,12 @@ def _lrs(sched: WarmupCosine, replans: dict[int, int], n: int) -> list[float]:
         if step in replans:
             before = sched.get_last_lr()[0]
             sched.replan(replans[step])
-            assert sched.factor(step) * sched.base_lrs[0] == pytest.approx(before, abs=1e-12)
+            # Shortening keeps the rate; lengthening keeps it or gives back the plain
+            # cosine's over the new length, whichever is higher.
+            w, total = sched.warmup_steps, replans[step]
+            plain = 0.5 * (1 + math.cos(math.pi * (step - w) / (total - w))) * sched.base_lrs[0]
+            expected = max(before, plain) if total > step and step > w else before
+            assert sched.factor(step) * sched.base_lrs[0] == pytest.approx(expected, abs=1e-12)
         out.append(sched.get_last_lr()[0])
         sched.optimizer.step()
         sched.step()
@@ -95,8 +100,8 @@ def _cosine(total: int, warmup: int = 10) -> WarmupCosine:
     return WarmupCosine(opt, total_steps=total, warmup_steps=warmup)
 
 
-@pytest.mark.parametrize("replans", [{30: 200, 80: 120}, {30: 60, 50: 140}, {5: 50}])
-def test_replan_keeps_the_rate_continuous_and_ends_at_zero(replans):
+@pytest.mark.parametrize("replans", [{30: 80, 60: 70}, {30: 60, 50: 55}, {5: 50}])
+def test_shortening_keeps_the_rate_continuous_and_ends_at_zero(replans):
     sched = _cosine(100)
     final = list(replans.values())[-1]
     lrs = _lrs(sched, replans, final)
@@ -107,6 +112,35 @@ def test_replan_keeps_the_rate_continuous_and_ends_at_zero(replans):
     assert max(a - b for a, b in zip(after, after[1:])) <= steepest
     assert sched.last_epoch == final and sched.get_last_lr()[0] == 0.0  # exactly 0 at the end
     assert lrs[-1] > 0.0
+
+
+@pytest.mark.parametrize("replans", [{30: 200, 80: 120}, {30: 60, 50: 140}, {20: 30, 28: 200}])
+def test_lengthening_never_exceeds_a_plain_cosine_and_ends_at_zero(replans):
+    sched = _cosine(100)
+    final = list(replans.values())[-1]
+    lrs = _lrs(sched, replans, final)
+    # Between re-plans the rate only decays; it never exceeds the plain cosine over the
+    # longest plan so far.
+    marks = sorted(replans)
+    for step in range(10, final):
+        longest = max([100] + [t for s, t in replans.items() if s <= step])
+        plain = 0.5 * (1 + math.cos(math.pi * (step - 10) / (longest - 10)))
+        assert lrs[step] <= plain + 1e-12
+        if step + 1 < final and step not in marks:
+            assert lrs[step + 1] <= lrs[step] + 1e-12
+    assert sched.get_last_lr()[0] == 0.0
+
+
+def test_a_plan_made_too_short_gets_its_rate_back():
+    """Early epochs slowed by another job plan a short run; once epochs are fast again the
+    longer plan does not keep training at the short plan's decayed rate."""
+    sched = _cosine(100)
+    lrs = _lrs(sched, {20: 30}, 28)
+    assert lrs[-1] < 0.2  # the short plan had nearly finished its decay
+    sched.replan(200)
+    plain = 0.5 * (1 + math.cos(math.pi * (28 - 10) / (200 - 10)))
+    assert sched.factor(28) == pytest.approx(plain)
+    assert plain > 0.9
 
 
 def test_a_naive_replan_would_jump():
@@ -215,11 +249,13 @@ def test_fast_machine_replans_upward_and_uses_the_budget(fast_run):
     lrs = fast_run["trace"].lrs
     assert len(lrs) == 6 * 3
     base = _scheduler(trainer).base_lrs[0]
-    # Continuous across the re-plans: after warm-up, down by at most a cosine step of the
-    # shortest plan (the first: 6 cosine steps), never up.
+    # After warm-up: down by at most a cosine step of the shortest plan (the first: 6 cosine
+    # steps); up only where a longer plan gives back rate, never above the plain cosine over
+    # the final plan (15 cosine steps).
     cosine = lrs[3:]
-    assert all(b <= a for a, b in zip(cosine, cosine[1:]))
     assert max(a - b for a, b in zip(cosine, cosine[1:])) <= base * math.pi / 2 / 6
+    for i, lr in enumerate(cosine):
+        assert lr <= base * 0.5 * (1 + math.cos(math.pi * i / 15)) + 1e-9
     assert _scheduler(trainer).get_last_lr()[0] == 0.0  # the cosine ends on the last step
 
 

@@ -205,3 +205,20 @@ def test_validation_images_written_as_png_without_wandb(calibrated_run):
     # Two examples requested (log_images=2): two rows of two 3-inch panels.
     overlays = np.asarray(Image.open(out / "epoch000_overlays.png"))
     assert overlays.shape[0] == overlays.shape[1]
+
+
+def test_a_later_calibration_callback_supersedes_an_earlier_one():
+    """A recipe appends its own TemperatureCalibration (trainer.callbacks+) after the shared
+    list's: only the last one fits the operating point."""
+    from types import SimpleNamespace
+
+    first = TemperatureCalibration()
+    second = TemperatureCalibration(threshold_rule="sensitivity_binormal", target_sensitivity=0.85)
+    trainer = SimpleNamespace(callbacks=[first, ModelCheckpoint(), second], fast_dev_run=False)
+    assert first._superseded(trainer) and not second._superseded(trainer)
+    # The superseded one returns before touching the module (this stand-in has nothing to fit).
+    first.on_train_end(trainer, SimpleNamespace(has_cls=True))
+    with pytest.raises(AttributeError):
+        second.on_train_end(trainer, SimpleNamespace(has_cls=True))
+    alone = SimpleNamespace(callbacks=[first], fast_dev_run=False)
+    assert not first._superseded(alone)
