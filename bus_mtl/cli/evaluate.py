@@ -192,6 +192,12 @@ def main(argv: list[str]) -> int:
         _print_error(err)
         return 2
     print(report(result, time.perf_counter() - start))
+    from bus_mtl.report import write_report
+
+    try:
+        print(f"  report: {write_report(result.out_dir, n_boot=args.n_boot, seed=args.seed)}")
+    except (OSError, ValueError) as err:  # the metrics above stand without it
+        print(f"bus-mtl evaluate: report not written ({err})", file=sys.stderr)
     return 0
 
 

@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 "external check    : skipped (no BrEaST-Lesions_USG at $BUS_MTL_EXTERNAL or "
                 "../shared/data/breast_lesions_usg; --external PATH points elsewhere)"
             )
-        return 0
+        return _write_report(cli)
     from bus_mtl.cli.evaluate import external_check
 
     # Beside the run's own files, where PerImagePredictions writes test_predictions.csv.
@@ -375,4 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bus-mtl main: external check on {external} failed: {err}", file=sys.stderr)
         return 1
     print(text, flush=True)
+    return _write_report(cli)
+
+
+def _write_report(cli: Any) -> int:
+    """The run's HTML report (after the external check, so it shows that too); 0."""
+    from bus_mtl.report import write_report
+
+    run_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
+    try:
+        print(f"report          : {write_report(run_dir)}", flush=True)
+    except (OSError, ValueError) as err:  # the run's results stand without it
+        print(f"report          : not written ({err})", file=sys.stderr)
     return 0

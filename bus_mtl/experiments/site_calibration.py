@@ -45,7 +45,7 @@ from bus_mtl.training.calibration import (
 )
 from bus_mtl.training.metrics import binary_metrics
 
-SITE_RULES = ("sensitivity", "youden_binormal", "youden")
+SITE_RULES = ("sensitivity", "sensitivity_binormal", "youden_binormal", "youden")
 DEFAULT_RULE = "sensitivity"
 DEFAULT_TARGET_SENSITIVITY = 0.9
 ADAPT_MODES = ("prior", "bn", "both")
