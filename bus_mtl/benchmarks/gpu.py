@@ -70,6 +70,8 @@ def recipe_setup(name: str) -> dict[str, Any]:
         net = yaml.safe_load((preset("base.yaml").parent / net).read_text())
     net = dict(net)
     rnet = recipe.get("model", {}).get("net", {})
+    if isinstance(rnet, str):  # a net preset named by its path, relative to the recipe
+        rnet = yaml.safe_load((preset(f"recipes/{name}.yaml").parent / rnet).read_text())
     if rnet.get("class_path", net["class_path"]) != net["class_path"]:
         net = {"class_path": rnet["class_path"], "init_args": {}}
     init_args = {**(net.get("init_args") or {}), **(rnet.get("init_args") or {})}

@@ -173,7 +173,10 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     # The report names the stored operating point the test metrics used.
     assert lines["decision rule"].startswith(f"malignant when P > {meta['decision_threshold']:.4f}")
     assert f"threshold rule {meta['threshold_rule']}" in lines["decision rule"]
-    assert meta["variant"] == "seg_features_effnet" and meta["image_size"] == 64
+    assert meta["variant"] == "seg_crop_effnet" and meta["image_size"] == 64
+    assert meta["resize"] == "letterbox" and meta["threshold_rule"].startswith(
+        "sensitivity_binormal"
+    )
     assert meta["tta"] == "hflip"  # the CPU recipe evaluates with flip TTA
     (wandb_line,) = [line for line in out.splitlines() if line.startswith("W&B run (offline):")]
     assert os.path.isdir(wandb_line.split(":", 1)[1].strip())
@@ -187,6 +190,9 @@ def test_main_job_end_to_end_on_tiny_synthetic_data(tmp_path, capsys, monkeypatc
     )
     assert metrics["n"] == 8 and metrics["model"]["path"] == str(best)
     assert metrics["threshold"] == pytest.approx(meta["decision_threshold"])
+    # It ends with the run's HTML report, which shows the external check too.
+    report = Path(lines["report"])
+    assert report.is_file() and "external" in report.read_text()
 
 
 def test_loop_benchmark_takes_the_recipes_net_and_loader():
@@ -195,7 +201,7 @@ def test_loop_benchmark_takes_the_recipes_net_and_loader():
 
     setup = recipe_setup("cpu")
     recipe = main_job.read_recipe("cpu")
-    assert setup["class_path"].endswith("SegResNetEffNetFeatures")
+    assert setup["class_path"].endswith("SegCropEffNet")
     assert setup["init_args"]["model_name"] == "efficientnet-lite0"
     assert (setup["size"], setup["batch"], setup["workers"]) == (
         recipe["image_size"],

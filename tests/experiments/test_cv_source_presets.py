@@ -16,7 +16,7 @@ SYNTHETIC = str(configs.preset("data/synthetic.yaml"))
 def test_source_preset_as_a_config_file():
     dm = build_datamodule([BASE, SYNTHETIC, RECIPE])
     assert type(dm.source).__name__ == "SyntheticSource"
-    assert dm.image_size == 128  # the recipe, after the preset, still applies
+    assert dm.resize == "letterbox"  # the recipe, after the preset, still applies
 
 
 @pytest.mark.parametrize(
