@@ -27,6 +27,7 @@ from bus_mtl.experiments.evaluate import (
 from bus_mtl.experiments.stats import cluster_bootstrap_weights, weighted_auc
 from bus_mtl.inference.torch_predictor import TorchPredictor
 from bus_mtl.training.metrics import binary_metrics, original_size_seg_metrics
+from tests.short_fit import short_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,7 +127,6 @@ def manifest(tmp_path_factory) -> Path:
 
 def _train(root: Path, synthetic_root: Path, net: torch.nn.Module) -> Path:
     """``net`` after 2 steps at 64 px on the synthetic set, saved with ``TEMPERATURE``."""
-    import lightning.pytorch as pl
 
     from bus_mtl.data import BUSDataModule, SyntheticSource
     from bus_mtl.training import MultiTaskModule
@@ -141,16 +141,7 @@ def _train(root: Path, synthetic_root: Path, net: torch.nn.Module) -> Path:
         seed=0,
     )
     module = MultiTaskModule(net, log_images=0)
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(root),
-    )
+    trainer = short_trainer(root)
     trainer.fit(module, datamodule=dm)
     module.temperature.fill_(TEMPERATURE)
     trainer.save_checkpoint(root / "model.ckpt")

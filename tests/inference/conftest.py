@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.short_fit import short_trainer
+
 IMAGE_SIZE = 64
 TEMPERATURE = 2.5  # stored in the checkpoint; the tests check predictions use it
 # The fitted malignancy operating point stored in the checkpoint (the mask keeps 0.5).
@@ -16,7 +18,6 @@ DECISION_THRESHOLD = 0.37
 
 
 def _train_checkpoint(root: Path, synthetic_root: Path, variant: str, out: Path, **net_kwargs):
-    import lightning.pytorch as pl
     import torch
 
     from bus_mtl.data import BUSDataModule, SyntheticSource
@@ -34,16 +35,7 @@ def _train_checkpoint(root: Path, synthetic_root: Path, variant: str, out: Path,
     )
     torch.manual_seed(0)
     module = MultiTaskModule(create(variant, **net_kwargs), log_images=0)
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(root),
-    )
+    trainer = short_trainer(root)
     trainer.fit(module, datamodule=dm)
     module.temperature.fill_(TEMPERATURE)
     module.decision_threshold.fill_(DECISION_THRESHOLD)

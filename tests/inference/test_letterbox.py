@@ -16,6 +16,7 @@ import torch
 from scipy.special import expit
 
 from bus_mtl.data.io import fit_to_square, from_square, read_image
+from tests.short_fit import short_trainer
 
 IMAGE_SIZE = 64
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def letterbox_run(tmp_path_factory: pytest.TempPathFactory, nonsquare_root: Path):
     """One training step of a small net on non-square images with ``resize="letterbox"``,
     its test stage (per-image CSV) and its checkpoint."""
-    import lightning.pytorch as pl
 
     from bus_mtl.data import BUSDataModule, ManifestSource
     from bus_mtl.models import create
@@ -46,16 +46,8 @@ def letterbox_run(tmp_path_factory: pytest.TempPathFactory, nonsquare_root: Path
     )
     torch.manual_seed(0)
     module = MultiTaskModule(create("seg_features_effnet", init_filters=8), log_images=0)
-    trainer = pl.Trainer(
-        max_steps=1,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(root),
-        callbacks=[PerImagePredictions(str(root / "test_predictions.csv"))],
+    trainer = short_trainer(
+        root, max_steps=1, callbacks=[PerImagePredictions(str(root / "test_predictions.csv"))]
     )
     trainer.fit(module, datamodule=dm)
     ckpt = root / "letterbox.ckpt"
