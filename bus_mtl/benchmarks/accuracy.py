@@ -156,9 +156,13 @@ def seconds_per_epoch(cli: Any, steps: int = 3) -> float:
     dm.setup("fit")
     net = copy.deepcopy(module.net).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    loader = dm.train_dataloader()
-    # Round and round: a small training part (a smoke test) has fewer batches than steps.
-    batches = (batch for _ in iter(int, 1) for batch in loader)
+
+    def forever(loader: Any) -> Any:
+        # Round and round: a small training part (a smoke test) has fewer batches than steps.
+        while True:
+            yield from loader
+
+    batches = forever(dm.train_dataloader())
     resolve = getattr(module.cls_loss, "set_class_counts", None)
     if resolve is not None:
         resolve(dm.class_counts("train")[: max(module.num_classes, 2)])
