@@ -1,20 +1,24 @@
-"""Where the YAML presets are found, by name.
+"""Where the YAML presets are found, by name, and which option loads each kind.
 
 The presets are written once, in the project's top-level ``experiments/`` folder (the place a
-user reads and copies them from). ``bus_mtl/presets`` is a symbolic link to that folder, so
-the package sees them in a git checkout and in an editable install, and a wheel build copies
-the YAML files it reaches through the link into ``bus_mtl/presets/`` (``package-data`` in
-``pyproject.toml``): an installed package carries its presets without a second copy in the
-repository. ``preset("recipes/cpu.yaml")`` finds one; on the command line,
-``--config preset:recipes/cpu.yaml`` names one, and a ``--config experiments/<name>`` that
-does not exist from the current folder falls back to the packaged preset (see
-:func:`resolve_args`).
+user reads, copies and runs them from). A wheel carries them as the package data of
+``bus_mtl.presets`` (``package-dir`` maps that package to ``experiments/`` in
+``pyproject.toml``), so an installed package finds them in ``bus_mtl/presets/``; a checkout,
+installed editable or only on ``sys.path``, finds them in ``experiments/`` itself.
+``preset("recipes/cpu.yaml")`` finds one; on the command line, ``--config
+preset:recipes/cpu.yaml`` names one, and an ``experiments/<name>`` path that does not exist
+from the current folder falls back to the packaged preset (see :func:`resolve_args`).
+
+Two kinds of preset, each with its own option: config files (``trainer``/``model``/``data``
+sections) go with ``--config``; a component preset (one ``class_path``) with the option of
+what it is, ``--model.net`` for a net and ``--data.sources`` for a data source
+(:data:`COMPONENT_OPTIONS`). :func:`check_config_options` refuses a component preset given
+with ``--config``, naming the option that loads it.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,16 +30,12 @@ PROJECT_ROOT = PACKAGE.parent
 
 
 def _presets_dir() -> Path:
-    """``bus_mtl/presets`` (a wheel's copy, or the checkout's link to ``experiments/``), else
-    the checkout's ``experiments/`` (a checkout made without symbolic links)."""
+    """``bus_mtl/presets`` of an installed wheel, else the checkout's ``experiments/``."""
     packaged = PACKAGE / "presets"
-    if packaged.is_dir():
-        return packaged.resolve()
-    return PROJECT_ROOT / "experiments"
+    return packaged if packaged.is_dir() else PROJECT_ROOT / "experiments"
 
 
 PRESETS = _presets_dir()
-EXPERIMENTS = PRESETS  # the name this module used before the presets shipped in the package
 
 PREFIX = "preset:"
 # Options whose value is a preset file or folder: a path missing from the current folder
@@ -155,38 +155,26 @@ def config_args(path: str | Path) -> list[str]:
     return [COMPONENT_OPTIONS[kind] if kind else "--config", str(path)]
 
 
-def component_args(argv: Sequence[str], note: bool = True) -> list[str]:
-    """``argv`` with every ``--config``/``-c`` that names a component preset turned into
-    the option that loads it (``--model.net FILE``, ``--data.sources FILE``), in place, so
-    the order of composition is kept. ``note``: say so on stderr (the 0.1 layout gave
-    variant and data presets with ``--config``)."""
-    out: list[str] = []
-    pending: str | None = None
-    for arg in argv:
-        if pending is not None:
-            kind = component_kind(arg)
-            out += [COMPONENT_OPTIONS[kind] if kind else pending, arg]
-            _note(arg, kind, note)
-            pending = None
-            continue
+_KIND_NAMES = {"net": "net", "sources": "data source"}
+
+
+def check_config_file(path: str | Path, option: str = "--config") -> None:
+    """``ValueError`` (one line, naming the option that loads it) when ``path``, given with
+    ``option``, is a net or data-source preset rather than a config file."""
+    kind = component_kind(path)
+    if kind:
+        raise ValueError(
+            f"{option} {path}: a {_KIND_NAMES[kind]} preset, not a config file; give it with "
+            f"{COMPONENT_OPTIONS[kind]} {path}"
+        )
+
+
+def check_config_options(argv: Sequence[str]) -> None:
+    """:func:`check_config_file` on every ``--config``/``-c`` value of ``argv`` (``--config
+    FILE`` or ``--config=FILE``)."""
+    for i, arg in enumerate(argv):
         option, eq, value = arg.partition("=")
         if eq and option in ("--config", "-c"):
-            kind = component_kind(value)
-            out.append(f"{COMPONENT_OPTIONS[kind]}={value}" if kind else arg)
-            _note(value, kind, note)
-        elif arg in ("--config", "-c"):
-            pending = arg
-        else:
-            out.append(arg)
-    if pending is not None:
-        out.append(pending)
-    return out
-
-
-def _note(path: str, kind: str | None, note: bool) -> None:
-    if kind and note:
-        print(
-            f"bus-mtl: {path} is a {kind} preset: loaded as {COMPONENT_OPTIONS[kind]} {path} "
-            f"(giving it with --config is deprecated; write {COMPONENT_OPTIONS[kind]})",
-            file=sys.stderr,
-        )
+            check_config_file(value, option)
+        elif arg in ("--config", "-c") and i + 1 < len(argv):
+            check_config_file(argv[i + 1], arg)

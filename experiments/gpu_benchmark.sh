@@ -53,7 +53,7 @@ fi
 fit_s=${FIT_SECONDS:-45}
 start=$(date +%s)
 "$PY" -m bus_mtl.cli.main compare --variants all \
-  --config experiments/base.yaml --config experiments/data/busi.yaml \
+  --config experiments/base.yaml --data.sources experiments/data/busi.yaml \
   --folds "${FOLDS:-5}" --parallel "${PARALLEL:-8}" --out "$OUT/compare" \
   --trainer.max_time="$(printf 00:00:%02d:%02d $((fit_s / 60)) $((fit_s % 60)))" --trainer.max_epochs="${EPOCHS:-15}" \
   --data.batch_size=32 --data.num_workers=2 | tee "$OUT/compare.txt"

@@ -6,7 +6,7 @@
 #   2. the paper's best variant on BUSI 5-fold (all five folds at once on the one GPU,
 #      EPOCHS epochs each, max FOLD_SECONDS each), then the mean ± std summary.
 # Knobs: BUSI_ROOT (default ../shared/data/busi), OUT, EPOCHS, FOLD_SECONDS, PY, VARIANT
-# (a variant preset; default the paper's best with ImageNet Lite0 weights).
+# (a net preset, given with --model.net; default the paper's best with ImageNet Lite0 weights).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -26,8 +26,9 @@ tail -n 12 "$OUT/throughput.txt"
 fold_s=${FOLD_SECONDS:-120}
 start=$(date +%s)
 timeout "${CV_SECONDS:-175}" "$PY" -m bus_mtl.cli.main cv \
-  --config experiments/base.yaml --config experiments/data/busi.yaml \
-  --config experiments/recipes/gpu.yaml --config "${VARIANT:-experiments/variants/seg_features_effnet_lite0.yaml}" \
+  --config experiments/base.yaml --config experiments/recipes/gpu.yaml \
+  --data.sources experiments/data/busi.yaml \
+  --model.net "${VARIANT:-experiments/variants/seg_features_effnet_lite0.yaml}" \
   --folds 5 --parallel 5 --out "$WORK/cv" \
   --data.sources.init_args.root="$BUSI_ROOT" --trainer.max_epochs="${EPOCHS:-20}" \
   --trainer.max_time="00:00:$(printf %02d:%02d $((fold_s / 60)) $((fold_s % 60)))" \

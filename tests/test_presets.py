@@ -10,6 +10,7 @@ not from this source tree.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_are_the_experiments_folder():
-    """One copy of each file: the package's presets are ``experiments/`` itself."""
+    """One copy of each file: in a checkout the package's presets are ``experiments/``
+    itself (a wheel carries them as ``bus_mtl/presets``, see the wheel test)."""
     assert configs.PRESETS == (PROJECT / "experiments").resolve()
     assert configs.preset("recipes/cpu.yaml") == configs.PRESETS / "recipes" / "cpu.yaml"
     assert configs.preset("experiments/base.yaml") == configs.PRESETS / "base.yaml"
@@ -38,6 +40,28 @@ def test_presets_are_the_experiments_folder():
     assert all(n.endswith(".yaml") for n in names)
     with pytest.raises(FileNotFoundError, match="recipes/cpu.yaml"):
         configs.preset("recipes/nope.yaml")
+
+
+def test_experiments_holds_no_python_module():
+    """``experiments/`` is the package data of ``bus_mtl.presets``: a module there would ship
+    in the wheel as ``bus_mtl.presets.<name>``. Scripts live in the package
+    (``bus-mtl bench ...``); shell scripts may stay."""
+    modules = sorted(p.relative_to(PROJECT).as_posix() for p in configs.PRESETS.rglob("*.py"))
+    assert not modules, f"{modules}: move them into bus_mtl (e.g. bus_mtl/benchmarks/)"
+
+
+def test_pyproject_ships_every_subpackage_and_the_presets():
+    """``pyproject.toml`` lists the packages by name (``package-dir`` maps
+    ``bus_mtl.presets`` onto ``experiments/``): a new subpackage must be added there."""
+    tomllib = pytest.importorskip("tomllib")
+    setup = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(p.parent.relative_to(PROJECT).parts)
+        for p in (PROJECT / "bus_mtl").rglob("__init__.py")
+    }
+    assert set(setup["packages"]) == found | {"bus_mtl.presets"}
+    assert setup["package-dir"] == {"bus_mtl.presets": "experiments"}
+    assert setup["package-data"] == {"bus_mtl.presets": ["*.yaml", "**/*.yaml"]}
 
 
 def test_resolve_args_names_presets(tmp_path, monkeypatch):
@@ -139,14 +163,17 @@ def test_component_presets_load_with_their_option(tmp_path, capsys):
     assert configs.config_args(busi) == ["--data.sources", busi]
     assert configs.config_args(base) == ["--config", base]
     assert configs.config_args(tmp_path / "missing.yaml")[0] == "--config"  # parser reports it
-    # The 0.1 layout (every preset with --config) keeps working, in order, with a note.
-    argv = ["fit", "--config", base, f"--config={busi}", "-c", net, "--trainer.max_epochs=1"]
-    assert configs.component_args(argv) == [
-        "fit", "--config", base, f"--data.sources={busi}", "--model.net", net,
-        "--trainer.max_epochs=1",
-    ]  # fmt: skip
-    err = capsys.readouterr().err
-    assert "loaded as --model.net" in err and "deprecated" in err and busi in err
+    # --config takes config files only: a component preset there is one line naming the
+    # option that loads it.
+    configs.check_config_options(["fit", "--config", base, "--model.net", net])
+    with pytest.raises(ValueError) as err:
+        configs.check_config_options(["fit", "--config", base, f"--config={busi}"])
+    assert str(err.value) == (
+        f"--config {busi}: a data source preset, not a config file; give it with "
+        f"--data.sources {busi}"
+    )
+    with pytest.raises(ValueError, match=re.escape(f"give it with --model.net {net}")):
+        configs.check_config_options(["fit", "-c", net])
     odd = tmp_path / "odd.yaml"
     odd.write_text("class_path: collections.OrderedDict\n")
     with pytest.raises(ValueError, match="odd.yaml.*neither a net"):
@@ -157,44 +184,32 @@ def test_component_presets_load_with_their_option(tmp_path, capsys):
         configs.component_kind(typo)
 
 
-def test_old_and_new_layouts_resolve_alike(monkeypatch):
-    """``--config`` of a net/data preset (0.1) and ``--model.net``/``--data.sources`` give the
-    same resolved config; names in a preset are relative to it, not to the current folder."""
+def test_component_presets_compose_with_their_options(monkeypatch, capsys):
+    """``--data.sources``/``--model.net`` compose in order with config files; names in a
+    preset are relative to it, not to the current folder. The same presets given with
+    ``--config`` are refused in one line naming the option."""
     from bus_mtl.cli.lightning import build_cli
 
     monkeypatch.chdir("/")
     names = {n: str(configs.preset(n)) for n in ("base.yaml", "data/synthetic.yaml",
              "recipes/cpu.yaml", "variants/shared_encoder.yaml")}  # fmt: skip
-    old = [
-        "--config",
-        names["base.yaml"],
-        "--config",
-        names["data/synthetic.yaml"],
-        "--config",
-        names["recipes/cpu.yaml"],
-        "--config",
-        names["variants/shared_encoder.yaml"],
-    ]
-    new = [
-        "--config",
-        names["base.yaml"],
-        "--data.sources",
-        names["data/synthetic.yaml"],
-        "--config",
-        names["recipes/cpu.yaml"],
-        "--model.net",
-        names["variants/shared_encoder.yaml"],
-    ]
-    # fmt: skip
-    seen = []
-    for argv in (old, new):
-        cli = build_cli([*argv, "--trainer.logger=false"], run=False)
-        seen.append(cli.config)
-        assert type(cli.model.net).__name__ == "SharedEncoder"
-        assert type(cli.datamodule.source).__name__ == "SyntheticSource" or cli.datamodule
-        callbacks = [type(c).__name__ for c in cli.trainer.callbacks]
-        assert {"TemperatureCalibration", "TimeBudget", "ModelCheckpoint"} <= set(callbacks)
-    assert seen[0] == seen[1]
+    argv = [
+        "--config", names["base.yaml"],
+        "--data.sources", names["data/synthetic.yaml"],
+        "--config", names["recipes/cpu.yaml"],
+        "--model.net", names["variants/shared_encoder.yaml"],
+    ]  # fmt: skip
+    cli = build_cli([*argv, "--trainer.logger=false"], run=False)
+    assert type(cli.model.net).__name__ == "SharedEncoder"
+    assert type(cli.datamodule.source).__name__ == "SyntheticSource"
+    callbacks = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert {"TemperatureCalibration", "TimeBudget", "ModelCheckpoint"} <= set(callbacks)
+    old = ["fit", "--config", names["base.yaml"], "--config", names["data/synthetic.yaml"]]
+    capsys.readouterr()
+    assert bus_mtl(old) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"give it with --data.sources {names['data/synthetic.yaml']}" in err
 
 
 def test_presets_command(capsys):
@@ -244,7 +259,11 @@ def test_wheel_carries_the_package_and_its_presets(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in configs.available():
         assert f"bus_mtl/presets/{name}" in names
-    assert not any(n.endswith((".sh", ".json", ".py")) for n in names if "/presets/" in n)
+    shipped = [n for n in names if n.startswith("bus_mtl/presets/")]
+    assert all(n.endswith(".yaml") for n in shipped), "only YAML presets ship, no script"
+    # Every module of the package (pyproject.toml lists its subpackages by name).
+    modules = {p.relative_to(PROJECT).as_posix() for p in (PROJECT / "bus_mtl").rglob("*.py")}
+    assert not modules - names, f"missing from the wheel: {sorted(modules - names)}"
 
     # 2. A fresh environment: the wheel alone, its dependencies borrowed from this one.
     env_dir = tmp_path / "env"

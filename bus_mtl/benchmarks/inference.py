@@ -23,7 +23,7 @@ image's original size, the checkpoint's own input size): the table gives the cha
 points. A checkpoint trained with test-time augmentation (``model.tta: hflip``) runs with it
 in every form, eager included (the image and its mirror as one batch of 2, as its export
 does), so the ratios compare like with like; the table marks such a variant ``+hflip``.
-``--net-tta none`` times (and gates) the single pass of such a checkpoint instead, with the
+``--tta none`` times (and gates) the single pass of such a checkpoint instead, with the
 operating point fitted for it: the deployment that trades the mirror's accuracy for half
 the latency (``bus-mtl export --tta none``).
 Writes ``inference.csv`` and ``inference.json`` to ``--out``.
@@ -120,11 +120,11 @@ def _load_net(variant: str, ckpt: str | None, net_tta: str | None = None):
     if ckpt is None:
         torch.manual_seed(0)
         return with_tta(create(variant), net_tta or "none").eval(), None
-    from bus_mtl.inference.torch_predictor import load_checkpoint
+    from bus_mtl.inference.torch_predictor import load_net_and_info
 
     # With the checkpoint's test-time augmentation (FlipTTA), as its export has it: eager and
     # deployed forms then do the same work. net_tta: another mode's network and operating point.
-    net, info = load_checkpoint(ckpt, net_tta=net_tta)
+    net, info = load_net_and_info(ckpt, tta=net_tta)
     if info.variant and info.variant != variant:
         raise ValueError(f"--ckpt {variant}={ckpt}: the checkpoint is a {info.variant!r} model")
     return net.eval(), info
@@ -216,7 +216,7 @@ def gate_forms(
     from bus_mtl.inference.predictor import Predictor
     from bus_mtl.inference.torch_predictor import TorchPredictor
 
-    eager = TorchPredictor.from_checkpoint(ckpt, net_tta=net_tta)
+    eager = TorchPredictor.from_checkpoint(ckpt, tta=net_tta)
     ref = evaluate(eager, samples)
     out = {"eager": {"dice": ref.dice, "auc": ref.auc}}
     fp32 = export_checkpoint(
@@ -320,7 +320,7 @@ def _write(rows: list[Row], meta: dict, out: Path) -> None:
     (out / "inference.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bus-mtl bench inference",
         description=__doc__,
@@ -365,13 +365,20 @@ def main(argv: list[str]) -> int:
         help="untimed pause before each timed call, for busy-waiting threads to park (50)",
     )
     p.add_argument(
-        "--net-tta",
+        "--tta",
         choices=TTA_MODES,
         help="test-time augmentation of every timed network (default: each checkpoint's own, "
         "none for random weights); 'none' with a model.tta: hflip checkpoint times its single "
         "pass with the operating point fitted for it",
     )
     p.add_argument("--out", default="results/bench_inference", help="CSV/JSON folder")
+    return p
+
+
+def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The options and ``{variant: checkpoint}``; argparse's usage error (exit 2) on a bad
+    value or combination."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads < 1 or args.runs < 1 or args.warmup < 0:
         p.error("--threads and --runs must be >= 1, --warmup >= 0")
@@ -382,24 +389,47 @@ def main(argv: list[str]) -> int:
     unknown = sorted(set(ckpts) - set(args.variants))
     if unknown:
         p.error(f"--ckpt for variants not benchmarked: {unknown}")
+    return args, ckpts
 
-    import onnxruntime as ort
-    import torch
 
-    torch.set_num_threads(args.threads)
-    spinning = not args.no_spinning
-    rows: list[Row] = []
-    gates: dict[str, dict[str, dict[str, float]]] = {}
+def _gate_data(args: argparse.Namespace, ckpts: dict[str, str]):
+    """BUSI fold ``--fold``'s test samples (the accuracy gate) and training images (int8
+    calibration); ``(None, None)`` without a checkpoint to gate."""
+    if not ckpts:
+        return None, None
+    from bus_mtl.inference.gate import load_fold_samples
+
+    print(f"loading BUSI fold {args.fold} (test part for the gate, training for int8)")
+    samples = load_fold_samples(args.busi_root, args.fold, "test", n=args.gate_images)
     calib: list[np.ndarray] | None = None
-    samples = None
-    if ckpts:
-        from bus_mtl.inference.gate import load_fold_samples
+    if "int8" in args.forms:
+        train = load_fold_samples(args.busi_root, args.fold, "train", n=args.calibration_images)
+        calib = [s.image for s in train]
+    return samples, calib
 
-        print(f"loading BUSI fold {args.fold} (test part for the gate, training for int8)")
-        samples = load_fold_samples(args.busi_root, args.fold, "test", n=args.gate_images)
-        if "int8" in args.forms:
-            train = load_fold_samples(args.busi_root, args.fold, "train", n=args.calibration_images)
-            calib = [s.image for s in train]
+
+@dataclass
+class Timing:
+    """What one bench run measured."""
+
+    times: dict[tuple[str, str], list[float]]  # (variant, form) -> ms of each timed round
+    facts: dict[str, dict]  # variant -> prepare_variant's facts
+    gates: dict[str, dict[str, dict[str, float]]]  # variant -> form -> gate_forms' figures
+    load_before: float  # 1-minute load average before the timed rounds
+    load_after: float
+    wall_s: float  # of the timed rounds
+
+
+def _measure(
+    args: argparse.Namespace,
+    ckpts: dict[str, str],
+    samples,
+    calib: list[np.ndarray] | None,
+) -> Timing:
+    """Export every variant's forms, time them all in the same interleaved rounds, then gate
+    each checkpoint's forms (exports live in a temporary folder for the whole run)."""
+    spinning = not args.no_spinning
+    gates: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fns: dict[tuple[str, str], Callable[[], object]] = {}
         facts: dict[str, dict] = {}
@@ -415,7 +445,7 @@ def main(argv: list[str]) -> int:
                 calib if variant in ckpts else None,
                 spinning,
                 args.atol,
-                args.net_tta,
+                args.tta,
             )
             fns.update({(variant, f): fn for f, fn in v_fns.items()})
         load_before = os.getloadavg()[0]
@@ -436,23 +466,30 @@ def main(argv: list[str]) -> int:
                 Path(tmp),
                 spinning,
                 args.atol,
-                args.net_tta,
+                args.tta,
             )
-    for (variant, form), ts in times.items():
+    return Timing(times, facts, gates, load_before, load_after, wall)
+
+
+def _rows(timing: Timing, image_size: int) -> list[Row]:
+    """One table row per (variant, form): latency percentiles, speed-up against the
+    variant's own eager form, and the accuracy gate's figures where a checkpoint was given."""
+    rows: list[Row] = []
+    for (variant, form), ts in timing.times.items():
         q = np.percentile(ts, [25, 75])
         row = Row(
             variant,
             form,
-            facts[variant]["params_M"],
-            args.image_size,
+            timing.facts[variant]["params_M"],
+            image_size,
             median_ms=statistics.median(ts),
             p25_ms=float(q[0]),
             p75_ms=float(q[1]),
             min_ms=min(ts),
             times_ms=[round(t, 3) for t in ts],
-            tta=facts[variant]["tta"],
+            tta=timing.facts[variant]["tta"],
         )
-        g = gates.get(variant, {}).get(form)
+        g = timing.gates.get(variant, {}).get(form)
         if g is not None:
             row.dice, row.auc = g["dice"], g["auc"]
             if form != "eager":
@@ -463,62 +500,84 @@ def main(argv: list[str]) -> int:
         eager = next((e for e in rows if e.variant == r.variant and e.form == "eager"), None)
         if eager is not None:
             r.speedup = eager.median_ms / r.median_ms
+    return rows
 
-    cpu = platform.processor() or platform.machine()
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
-        model = next(
+        return next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
     except (OSError, StopIteration):
-        model = cpu
-    meta = {
+        return platform.processor() or platform.machine()
+
+
+def _meta(
+    argv: list[str],
+    args: argparse.Namespace,
+    ckpts: dict[str, str],
+    timing: Timing,
+    n_gate_images: int | None,
+) -> dict:
+    """The machine, versions and settings the figures were taken with (``inference.json``)."""
+    import onnxruntime as ort
+    import torch
+
+    return {
         "command": "bus-mtl bench inference " + " ".join(argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": model,
+        "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
         "threads": args.threads,
         "image_size": args.image_size,
         "runs": args.runs,
         "warmup": args.warmup,
         "pause_ms": args.pause_ms,
-        "spinning": spinning,
-        "load_avg_1min_before": load_before,
-        "load_avg_1min_after": load_after,
-        "timing_wall_s": wall,
+        "spinning": not args.no_spinning,
+        "load_avg_1min_before": timing.load_before,
+        "load_avg_1min_after": timing.load_after,
+        "timing_wall_s": timing.wall_s,
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "checkpoints": ckpts,
-        "net_tta": args.net_tta or "checkpoint",
+        "tta_option": args.tta or "checkpoint",
         "fold": args.fold if ckpts else None,
-        "gate_images": len(samples) if samples is not None else None,
+        "gate_images": n_gate_images,
         "atol": args.atol,
-        "max_abs_diff_fp32": {v: f["max_abs_diff"] for v, f in facts.items()},
-        "tta": {v: f["tta"] for v, f in facts.items()},
+        "max_abs_diff_fp32": {v: f["max_abs_diff"] for v, f in timing.facts.items()},
+        "tta": {v: f["tta"] for v, f in timing.facts.items()},
     }
+
+
+def _print_report(rows: list[Row], meta: dict) -> None:
+    """The table, what it was measured on, and the deployment goals read from it."""
+    size, threads = meta["image_size"], meta["threads"]
     print()
     print(
-        f"CPU latency per {args.image_size}x{args.image_size} image (batch 1), {args.threads} "
-        f"threads; median of {args.runs} interleaved rounds after {args.warmup} warm-up; "
+        f"CPU latency per {size}x{size} image (batch 1), {threads} threads; median of "
+        f"{meta['runs']} interleaved rounds after {meta['warmup']} warm-up; "
         f"vs eager = own eager median / this median"
     )
     print(
-        f"{model}, {os.cpu_count()} CPUs; torch {torch.__version__}, onnxruntime "
-        f"{ort.__version__}; 1-min load average {load_before:.2f} before, {load_after:.2f} "
-        "after timing (this process adds about 1-2; more: other processes shared the CPU)"
+        f"{meta['cpu']}, {meta['cpus']} CPUs; torch {meta['torch']}, onnxruntime "
+        f"{meta['onnxruntime']}; 1-min load average {meta['load_avg_1min_before']:.2f} before, "
+        f"{meta['load_avg_1min_after']:.2f} after timing (this process adds about 1-2; more: "
+        "other processes shared the CPU)"
     )
-    if ckpts:
+    if meta["checkpoints"]:
         print(
-            f"dDice/dAUC: deployed - eager, points, BUSI fold {args.fold} test part "
+            f"dDice/dAUC: deployed - eager, points, BUSI fold {meta['fold']} test part "
             f"({meta['gate_images']} images, each checkpoint at its own input size); gate: "
             "both within 0.5"
         )
-    for variant, f in facts.items():
-        if f["tta"] != "none":
+    for variant, tta in meta["tta"].items():
+        if tta != "none":
             print(
-                f"{variant}+{f['tta']}: its checkpoint's test-time augmentation ({f['tta']}) runs "
+                f"{variant}+{tta}: its checkpoint's test-time augmentation ({tta}) runs "
                 "in every form, eager included: 2 forward passes (one batch of 2) per image"
             )
     print(format_table(rows))
@@ -528,6 +587,18 @@ def main(argv: list[str]) -> int:
         "  (on a shared CPU the minimum is the closer estimate of an idle machine's latency; "
         "PyTorch eager suffers far more from other processes than onnxruntime)"
     )
+
+
+def main(argv: list[str]) -> int:
+    args, ckpts = _parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    samples, calib = _gate_data(args, ckpts)
+    timing = _measure(args, ckpts, samples, calib)
+    rows = _rows(timing, args.image_size)
+    meta = _meta(argv, args, ckpts, timing, len(samples) if samples is not None else None)
+    _print_report(rows, meta)
     out = Path(args.out)
     _write(rows, meta, out)
     print(f"wrote {out / 'inference.csv'} and {out / 'inference.json'}")

@@ -13,7 +13,8 @@ Writes a new checkpoint (or ONNX export) whose stored operating point is the sit
 from __future__ import annotations
 
 import argparse
-import sys
+
+from bus_mtl.cli.errors import print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cases are required (fewer are refused). With --unlabelled: no label is read, and "
         "--adapt says how: prior (EM estimate of the site's prevalence; the threshold moves "
         "with it), bn (BatchNorm statistics re-estimated on the site's images; --ckpt only) "
-        "or both (bn, then prior). Measured on BrEaST-Lesions_USG with BUSI checkpoints, "
-        "prior alone called every case malignant and both did best without labels; labelled "
-        "cases did better still (experiments/site_calibration.py).",
+        "or both (bn, then prior). How each did on BrEaST-Lesions_USG with BUSI checkpoints, "
+        "labelled and not: docs/results.md (Site calibration).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="training checkpoint")
@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-prior",
         type=float,
         default=None,
-        help="with --adapt prior/both: the training data's malignant fraction (default: the "
-        "checkpoint's training part; required for --model)",
+        help="with --adapt prior/both: the prevalence the model's probabilities refer to "
+        "(default: what its checkpoint or export recorded; 0.5 under the class-balanced loss)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--device", default="cpu", help="torch device for --ckpt (cpu, cuda, ...)")
@@ -123,7 +123,6 @@ def main(argv: list[str]) -> int:
                 device=args.device,
             )
     except (FileNotFoundError, ValueError) as err:  # DataError is a ValueError
-        print(f"bus-mtl calibrate: {err}", file=sys.stderr)
-        return 2
+        return print_error("calibrate", err)
     print(result)
     return 0

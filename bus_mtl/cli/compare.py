@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Cross-validate several variants on one shared split and write the paper-style "
             "table (mean ± std; paired, group-aware p-values with Holm's correction against "
             "a pre-specified reference variant), a plot and per-image predictions joined by "
-            "id. Unknown arguments go to every LightningCLI run."
+            "id. Unknown arguments (the data source --data.sources FILE, "
+            "--trainer.max_epochs=30, ...) go to every LightningCLI run, after the configs."
         ),
     )
     p.add_argument(
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         action="append",
         default=None,
-        help="base/data YAMLs before each variant's (repeat; default experiments/base.yaml)",
+        help="config files before each variant's (repeat; default experiments/base.yaml); "
+        "the data source goes with --data.sources FILE",
     )
     p.add_argument(
         "--variants-dir",
@@ -66,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from bus_mtl.cli.lightning import build_cli
-    from bus_mtl.configs import resolve
+    from bus_mtl.configs import check_config_file, resolve
     from bus_mtl.experiments.compare import run_compare
 
     args, extra = build_parser().parse_known_args(argv)
+    for path in args.config or []:
+        check_config_file(path)
     out = Path(args.out or f"results/compare_{time.strftime('%Y%m%d_%H%M%S')}")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     start = time.perf_counter()

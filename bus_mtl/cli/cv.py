@@ -17,11 +17,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run fit + test for every fold of one split (written once to OUT/split.json), "
             "each fold built like bus-mtl main (in this process; in a subprocess per fold "
-            "with --parallel > 1); resumable. Unknown arguments "
-            "(e.g. --trainer.max_epochs=30) are passed to every fold's LightningCLI."
+            "with --parallel > 1); resumable. Unknown arguments (the data source "
+            "--data.sources FILE, a net --model.net FILE, --trainer.max_epochs=30, ...) are "
+            "passed to every fold's LightningCLI, after the --config files."
         ),
     )
-    p.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeat)")
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="LightningCLI config file (repeat); a net or data-source preset goes with "
+        "--model.net / --data.sources",
+    )
     p.add_argument("--folds", type=int, default=5, help="number of k-fold folds (default 5)")
     p.add_argument("--out", default=None, help="results folder (default results/cv_<time>)")
     p.add_argument("--parallel", type=int, default=1, help="folds run at once (default 1)")
@@ -63,9 +70,13 @@ def parse_protocols(text: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     from bus_mtl.cli.lightning import build_cli
-    from bus_mtl.experiments.cv import TuningLeak, run_cv
+    from bus_mtl.configs import check_config_file
+    from bus_mtl.experiments.cv import run_cv
+    from bus_mtl.experiments.tuning import TuningLeak
 
     args, extra = build_parser().parse_known_args(argv)
+    for path in args.config:
+        check_config_file(path)
     protocols = parse_protocols(args.protocol)
     out = Path(args.out or f"results/cv_{time.strftime('%Y%m%d_%H%M%S')}")
     failed = {}

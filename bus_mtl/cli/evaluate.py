@@ -2,10 +2,11 @@
 (external validation, e.g. your hospital's images after training on BUSI).
 
 ``--ckpt CKPT`` (PyTorch) or ``--model MODEL.onnx`` (onnxruntime); the images from
-``--manifest CSV`` (columns image, mask, label, optional centre and group) or a source preset
-(``--data.sources experiments/data/breast_lesions_usg.yaml``, or the same with ``--config``),
-``--data.*`` options applying to it. Writes OUT/metrics.json, per_image.csv, roc.png,
-reliability.png and referral.png (:mod:`bus_mtl.experiments.evaluate`) and prints one table.
+``--manifest CSV`` (columns image, mask, label, optional centre and group), a source preset
+(``--data.sources experiments/data/breast_lesions_usg.yaml``) or a config file's data section
+(``--config FILE``), ``--data.*`` options applying to it. Writes OUT/metrics.json,
+per_image.csv, roc.png, reliability.png and referral.png (:mod:`bus_mtl.experiments.evaluate`)
+and prints one table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bus_mtl.cli.errors import print_error
+from bus_mtl.inference.metadata import TTA_MODES
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -28,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         "when the manifest has a group column), sensitivity/specificity at the model's stored "
         "decision threshold, ECE, Brier, and the referral curve by flip uncertainty. Writes "
         "OUT/metrics.json, per_image.csv, roc.png, reliability.png, referral.png.",
-        epilog="Data: --manifest CSV, or a source preset: --data.sources FILE (or --config "
-        "FILE), e.g. experiments/data/breast_lesions_usg.yaml; --data.* options apply to it "
+        epilog="Data: --manifest CSV, or a source preset: --data.sources FILE, e.g. "
+        "experiments/data/breast_lesions_usg.yaml (or a config file's data section: --config "
+        "FILE); --data.* options apply to it "
         "(--data.sources.init_args.csv=PATH). Exit codes: 0 done, 2 bad input (the message "
         "names the file).",
     )
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="a data source preset (or a config file: its data section's sources)",
+        help="a config file: its data section's sources (a source preset goes with --data.sources)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -65,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--referral",
         default="0.1,0.2,0.3",
         help="comma list of the shares of most uncertain cases referred (default 0.1,0.2,0.3)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="test-time augmentation in the network, as model.tta (default: the model's "
+        "own): 'none' scores the single pass of a checkpoint trained with model.tta: hflip, "
+        "at the operating point fitted for it. An ONNX model runs the one it was exported "
+        "with (bus-mtl export --tta)",
     )
     p.add_argument("--device", default="cpu", help="torch device for --ckpt (cpu, cuda, ...)")
     p.add_argument(
@@ -91,16 +105,19 @@ def load_predictor(
     model: str | None = None,
     device: str = "cpu",
     image_size: int | None = None,
+    tta: str | None = None,
 ) -> Any:
-    """The predictor of a checkpoint (``TorchPredictor``, its own TTA, temperature and
-    operating point) or of an ONNX export (``Predictor``)."""
+    """The predictor of a checkpoint (``TorchPredictor``: its test-time augmentation, or
+    ``tta``, with that mode's temperature and operating point) or of an ONNX export
+    (``Predictor``: the augmentation it was exported with; ``ValueError`` when ``tta``
+    asks for another)."""
     if model:
         from bus_mtl.inference.predictor import Predictor
 
-        return Predictor(model)
+        return Predictor(model, tta=tta)
     from bus_mtl.inference.torch_predictor import TorchPredictor
 
-    return TorchPredictor.from_checkpoint(ckpt, device=device, image_size=image_size)
+    return TorchPredictor.from_checkpoint(ckpt, device=device, image_size=image_size, tta=tta)
 
 
 def load_samples(
@@ -146,17 +163,6 @@ def _default_name(manifests: Sequence[str], configs: Sequence[str], extra: Seque
     return "evaluated"
 
 
-def _print_error(err: Exception) -> None:
-    """One line per problem, each naming its file."""
-    from bus_mtl.data.errors import DataError
-
-    if isinstance(err, DataError):
-        for problem in err.problems:
-            print(f"bus-mtl evaluate: {problem.where}: {problem.message}", file=sys.stderr)
-    else:
-        print(f"bus-mtl evaluate: {err}", file=sys.stderr)
-
-
 def main(argv: list[str]) -> int:
     args, extra = build_parser().parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") and not a.startswith("--data.")]
@@ -166,14 +172,16 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from bus_mtl.data.errors import DataError
+    from bus_mtl.configs import check_config_file
     from bus_mtl.experiments.evaluate import evaluate
 
+    for path in args.config:
+        check_config_file(path)
     start = time.perf_counter()
     try:
         fractions = _fractions(args.referral)
         samples, described = load_samples(args.manifest, args.config, extra)
-        predictor = load_predictor(args.ckpt, args.model, args.device, args.image_size)
+        predictor = load_predictor(args.ckpt, args.model, args.device, args.image_size, args.tta)
         result = evaluate(
             predictor,
             samples,
@@ -188,9 +196,8 @@ def main(argv: list[str]) -> int:
             command=shlex.join(["bus-mtl", "evaluate", *argv]),
             progress=not args.no_progress,
         )
-    except (DataError, FileNotFoundError, ValueError) as err:
-        _print_error(err)
-        return 2
+    except (FileNotFoundError, ValueError) as err:  # DataError is a ValueError
+        return print_error("evaluate", err)
     print(report(result, time.perf_counter() - start))
     from bus_mtl.report import write_report
 

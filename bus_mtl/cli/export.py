@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bus_mtl.cli.errors import print_error
 from bus_mtl.inference.metadata import TTA_MODES
 
 
@@ -61,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta",
         choices=TTA_MODES,
-        help="test-time augmentation in the exported graph (default: the checkpoint's); "
-        "'none' exports the single pass of a checkpoint trained with model.tta: hflip, at "
-        "about half the latency, with the temperature and threshold fitted for it",
+        help="test-time augmentation in the network, as model.tta (default: the model's "
+        "own), exported in its graph: 'none' exports the single pass of a checkpoint trained "
+        "with model.tta: hflip, at about half the latency, with the temperature and "
+        "threshold fitted for it",
     )
     return p
 
@@ -92,8 +94,7 @@ def main(argv: list[str]) -> int:
         print(f"bus-mtl export: parity check FAILED: {err}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as err:
-        print(f"bus-mtl export: {err}", file=sys.stderr)
-        return 2
+        return print_error("export", err)
     print(report)
     info = report.info
     print(

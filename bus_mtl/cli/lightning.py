@@ -15,8 +15,8 @@ Beyond plain LightningCLI:
   configured; ``wandb sync`` uploads the run later);
 * ``--ckpt_path last`` finds the latest version of the run and logs into it again;
 * a ``RichProgressBar`` when the progress bar is on and none is configured;
-* a net or data-source preset given with ``--config`` (the 0.1 layout) is loaded as
-  ``--model.net`` / ``--data.sources``, with a note (:func:`bus_mtl.configs.component_args`);
+* a net or data-source preset given with ``--config`` is refused in one line naming
+  ``--model.net`` / ``--data.sources`` (:func:`bus_mtl.configs.check_config_options`);
 * the resolved config is saved (overwriting) beside the logs and in the W&B run config.
 """
 
@@ -26,6 +26,7 @@ import netrc
 import os
 import re
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer import Trainer
 
-from bus_mtl.configs import component_args
+from bus_mtl.cli.errors import PATH_ERRORS, ConfigError
+from bus_mtl.configs import check_config_options
 from bus_mtl.data.datamodule import BUSDataModule
 from bus_mtl.data.errors import DataError
 from bus_mtl.training.callbacks import LoggedSaveConfigCallback
@@ -100,6 +102,16 @@ def resume_version(root: Path, name: str, ckpt_path: str | None) -> int | None:
     return None
 
 
+def _refused_by(err: BaseException) -> str:
+    """``"ClassName: "`` of the outermost ``__init__`` in ``err``'s traceback (the object
+    jsonargparse was building when it failed), ``""`` when there is none."""
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        owner = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+        if owner is not None:
+            return f"{type(owner).__name__}: "
+    return ""
+
+
 class BusMTLCLI(LightningCLI):
     """LightningCLI with the links, loggers and progress bar described in the module doc.
 
@@ -120,6 +132,16 @@ class BusMTLCLI(LightningCLI):
         parser.link_arguments(
             "data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate"
         )
+
+    def instantiate_classes(self) -> None:
+        # A value the data module, model or net refuses in its __init__ is the user's to fix:
+        # reported in one line (bus_mtl.cli.errors), not under jsonargparse's traceback.
+        try:
+            super().instantiate_classes()
+        except (ValueError, *PATH_ERRORS) as err:
+            if isinstance(err, DataError):
+                raise
+            raise ConfigError(f"{_refused_by(err)}{err}") from err
 
     def _default_loggers(self, trainer_config: dict[str, Any]) -> list[Logger]:
         root = Path(trainer_config.get("default_root_dir") or os.getcwd())
@@ -155,8 +177,8 @@ def build_cli(args: list[str], run: bool = True, ckpt_path: str | None = None) -
     main``, each fold of ``bus-mtl cv``); ``ckpt_path`` is then the checkpoint it will pass
     there, so that a resumed run logs into its earlier version.
     """
+    check_config_options(args)
     configure_wandb_environment()
-    args = component_args(args)
     # Our args always come from bus-mtl's own argv handling, not from a stray sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return BusMTLCLI(
@@ -182,9 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:  # FiniteLossGuard
         print(f"bus-mtl: training stopped: {err}", file=sys.stderr)
         return 1
-    except DataError as err:
-        print(f"bus-mtl: data error: {err}", file=sys.stderr)
-        return 2
     except SystemExit as exit_:  # argparse errors, --help, --print_config
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     return 0

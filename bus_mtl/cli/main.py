@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from bus_mtl.cli.errors import DEBUG_ENV, debug, is_user_error, print_error
+
 # name -> ("module:function", one-line help). Each function takes argv (list[str]) and
 # returns an int exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,7 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "bus_mtl.cli.calibrate:main",
         "refit a model's operating point on a new site's cases (labelled, or --unlabelled)",
     ),
-    "bench": ("bus_mtl.cli.bench:main", "benchmarks: data | models | inference"),
+    "bench": (
+        "bus_mtl.cli.bench:main",
+        "benchmarks and measurements behind docs/results.md (bus-mtl bench --help lists them)",
+    ),
     "presets": (
         "bus_mtl.cli.presets:main",
         "list the packaged YAML presets (--config preset:NAME names one)",
@@ -52,7 +57,11 @@ def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: bus-mtl COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Run 'bus-mtl COMMAND --help' for the options of one command."]
+    lines += [
+        "",
+        "Run 'bus-mtl COMMAND --help' for the options of one command. An error in the input "
+        f"prints one line; {DEBUG_ENV}=1 shows its traceback.",
+    ]
     return "\n".join(lines)
 
 
@@ -70,15 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bus-mtl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    try:
+        return _run(name, rest)
+    except Exception as err:
+        # Bad input (its message names the fix) in one line; a bug keeps its traceback.
+        if debug() or not is_user_error(err):
+            raise
+        return print_error(name, err)
+
+
+def _run(name: str, rest: list[str]) -> int:
     from bus_mtl.configs import resolve_args
 
     # Presets by name from any folder: --config preset:recipes/cpu.yaml, and an
     # experiments/... path that is not there falls back to the packaged preset.
-    try:
-        rest = resolve_args(rest)
-    except FileNotFoundError as err:  # an unknown preset:NAME
-        print(f"bus-mtl {name}: {err}", file=sys.stderr)
-        return 2
+    rest = resolve_args(rest)
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)

@@ -49,7 +49,7 @@ def read_recipe(name: str) -> dict[str, Any]:
         (
             float((cb.get("init_args") or {}).get("minutes"))
             for cb in callbacks
-            if str(cb.get("class_path", "")).endswith("TimeBudget")
+            if str(cb.get("class_path", "")).rpartition(".")[2] == "TimeBudget"
         ),
         None,
     )

@@ -20,21 +20,12 @@ from bus_mtl.data.dataset import (
     seed_worker_augmentation,
 )
 from bus_mtl.data.duplicates import DEFAULT_DUP_THRESHOLD
-from bus_mtl.data.errors import DataError, raise_if_errors
+from bus_mtl.data.errors import DataError
 from bus_mtl.data.io import check_resize
 from bus_mtl.data.paths import default_cache_dir
-from bus_mtl.data.sample import CLASS_NAMES, Sample
+from bus_mtl.data.sample import CLASS_NAMES
 from bus_mtl.data.sources.base import Source, as_source
-from bus_mtl.data.splits import (
-    SPLIT_KINDS,
-    TUNING_MODES,
-    Split,
-    by_centre_split,
-    kfold_split,
-    tuning_fingerprint,
-    tuning_holdout,
-    without,
-)
+from bus_mtl.data.splits import Split, SplitSettings, make_split, tuning_fingerprint
 from bus_mtl.data.transforms import build_augmentation, build_pipeline
 
 
@@ -131,38 +122,25 @@ class BUSDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_resize(resize)
-        if tuning not in TUNING_MODES:
-            raise ValueError(
-                f"tuning: {tuning!r} is not one of {TUNING_MODES}; set data.tuning: tune in a "
-                "sweep trial (validate on the tuning hold-out), exclude in the cv run that "
-                "reports the tuned settings, off to keep every image in the folds"
-            )
-        if isinstance(tuning_fraction, bool) or not 0.0 < tuning_fraction < 1.0:
-            raise ValueError(
-                f"tuning_fraction: must be in (0, 1), got {tuning_fraction!r}; "
-                "e.g. data.tuning_fraction: 0.15 (the default)"
-            )
-        if split not in SPLIT_KINDS:
-            raise ValueError(f"split: {split!r} is not one of {SPLIT_KINDS}")
-        if split == "kfold":
-            if n_folds < 2:
-                raise ValueError(f"n_folds: need at least 2, got {n_folds}")
-            if not 0 <= fold < n_folds:
-                raise ValueError(f"fold: {fold} out of range for n_folds={n_folds}")
-        elif fold < 0:
+        SplitSettings(  # raises ValueError naming a bad split, n_folds, tuning, ... option
+            kind=split,
+            n_folds=n_folds,
+            seed=seed,
+            val_fraction=val_fraction,
+            dup_threshold=dup_threshold,
+            test_centres=test_centres,
+            split_file=split_file,
+            tuning=tuning,
+            tuning_fraction=tuning_fraction,
+        )
+        if split == "kfold" and not 0 <= fold < n_folds:
+            raise ValueError(f"fold: {fold} out of range for n_folds={n_folds}")
+        if split != "kfold" and fold < 0:
             raise ValueError(f"fold: must be >= 0, got {fold}")
         if split == "by_centre" and fold != 0:
             raise ValueError(f"fold: a by_centre split has one fold (0), got {fold}")
         if split == "by_centre" and not test_centres:
             raise ValueError("test_centres: required when split='by_centre'")
-        if split == "file" and not split_file:
-            raise ValueError("split_file: required when split='file'")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction: must be in [0, 1), got {val_fraction}")
-        if dup_threshold > 64:
-            raise ValueError(
-                f"dup_threshold: a 64-bit hash distance is at most 64, got {dup_threshold}"
-            )
         if not isinstance(drop_conflicting, bool):
             raise ValueError(
                 f"drop_conflicting: must be true or false, got {drop_conflicting!r}; "
@@ -277,67 +255,37 @@ class BUSDataModule(L.LightningDataModule):
                 counts[sample.label] += 1
         return counts
 
-    def _make_split(self, samples: list[Sample], groups: list[list[str]]) -> Split:
-        if self.split_kind == "file":
-            split = Split.load(self.split_file)  # type: ignore[arg-type]
-            raise_if_errors(
-                split.check_against(
-                    [s.id for s in samples], where=str(self.split_file), groups=groups
-                )
-            )
-            if self.tuning != "off" and not split.tuning:
-                split.tuning = self._holdout(samples, groups)
-                split.tuning_fraction = self.tuning_fraction
-            if self.tuning == "tune":
-                return self._tuning_split(samples, groups, split.tuning, split.tuning_fraction)
-            if not 0 <= self.fold < len(split.folds):
-                raise DataError(
-                    f"fold: {self.fold} out of range; {self.split_file} has "
-                    f"{len(split.folds)} fold(s)"
-                )
-            return split
-        held = self._holdout(samples, groups) if self.tuning != "off" else []
-        if self.tuning == "tune":
-            return self._tuning_split(samples, groups, held, self.tuning_fraction)
-        rest = without(samples, held)
-        if self.split_kind == "kfold":
-            split = kfold_split(
-                rest, groups, self.n_folds, self.seed, self.val_fraction, self.dup_threshold
-            )
-        else:
-            split = by_centre_split(
-                rest,
-                self.test_centres or [],
-                groups,
-                self.seed,
-                self.val_fraction,
-                self.dup_threshold,
-            )
-        if held:
-            split.tuning, split.tuning_fraction = held, self.tuning_fraction
-        return split
-
-    def _holdout(self, samples: list[Sample], groups: list[list[str]]) -> list[str]:
-        return tuning_holdout(samples, groups, self.tuning_fraction, self.seed)
-
-    def _tuning_split(
-        self, samples: list[Sample], groups: list[list[str]], held: list[str], fraction: float
-    ) -> Split:
-        """``data.tuning: tune``: one part pair, train = all but the hold-out, val = it."""
-        rest = sorted(s.id for s in without(samples, held))
-        fold = {"train": rest, "val": sorted(held), "test": []}
-        return Split(
-            "tuning",
+    @property
+    def split_settings(self) -> SplitSettings:
+        """The options that decide the split (what :func:`~bus_mtl.data.splits.make_split`
+        draws in ``setup()``; ``bus-mtl cv`` draws its split file from them too)."""
+        return SplitSettings(
+            self.split_kind,
+            self.n_folds,
             self.seed,
-            1,
+            self.val_fraction,
             self.dup_threshold,
-            0.0,
-            [fold],
-            [list(g) for g in groups],
-            None,
-            sorted(held),
-            fraction,
+            self.test_centres,
+            self.split_file,
+            self.tuning,
+            self.tuning_fraction,
         )
+
+    def check(self) -> DataReport:
+        """Check the whole dataset (every file decoded once into the cache) and keep the
+        report; raises one :class:`~bus_mtl.data.errors.DataError` listing every problem."""
+        if self.report is None:
+            report = check_data(
+                self.source,
+                self._image_size,
+                self.cache_dir,
+                self.dup_threshold,
+                self.num_workers or None,
+                self._resize,
+            )
+            report.raise_if_errors()
+            self.report = report
+        return self.report
 
     def _apply_tuning(self, parts: dict[str, list[str]]) -> dict[str, list[str]]:
         """The fold's parts without the hold-out (``exclude``), and a line saying so."""
@@ -403,18 +351,12 @@ class BUSDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        report = check_data(
-            self.source,
-            self._image_size,
-            self.cache_dir,
-            self.dup_threshold,
-            self.num_workers or None,
-            self._resize,
-        )
-        report.raise_if_errors()
-        self.report = report
+        report = self.check()
         samples = report.samples
-        self.split = self._make_split(samples, report.groups)
+        self.split = make_split(samples, report.groups, self.split_settings)
+        n = len(self.split.folds)
+        if self.split_kind == "file" and self.tuning != "tune" and not 0 <= self.fold < n:
+            raise DataError(f"fold: {self.fold} out of range; {self.split_file} has {n} fold(s)")
         if self.split_out:
             self.split.save(self.split_out)
         parts = self._apply_tuning(self.split.fold(0 if self.tuning == "tune" else self.fold))

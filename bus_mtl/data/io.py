@@ -15,7 +15,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from bus_mtl.data.errors import DataError, Problem
+from bus_mtl.data.errors import DataError, ImageReadError, Problem
 
 # OpenCV's internal thread pool does not survive fork(): a DataLoader worker that touches it
 # (even cv2.setNumThreads) can deadlock once the parent has used it. Our parallelism comes
@@ -24,13 +24,14 @@ cv2.setNumThreads(0)
 
 
 def _decode(path: Path) -> np.ndarray:
+    """The file's pixels as uint8 (any channels); :class:`ImageReadError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError([Problem(str(path), "file not found")])
+        raise ImageReadError(path, "file not found")
     data = np.fromfile(str(path), dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if arr is None:
-        raise DataError([Problem(str(path), "unreadable or corrupt image file")])
+        raise ImageReadError(path, "unreadable or corrupt image file")
     if arr.dtype == np.uint16:  # 16-bit PNGs: keep the top byte
         arr = (arr >> 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
@@ -39,7 +40,12 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as H×W uint8 grayscale (RGB/RGBA/L/1-bit/palette all accepted)."""
+    """Read an image as H×W uint8 grayscale (RGB/RGBA/L/1-bit/16-bit/palette all accepted).
+
+    The one reader of training, evaluation and inference (torch-free, so the ONNX
+    ``Predictor`` uses it too). Raises :class:`~bus_mtl.data.errors.ImageReadError` (a
+    :class:`DataError`) naming the file when it is missing, empty or not an image.
+    """
     arr = _decode(Path(path))
     if arr.ndim == 3:
         if arr.shape[2] == 4:

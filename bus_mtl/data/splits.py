@@ -12,6 +12,10 @@ which send every near-duplicate group (a large unit) to the training part: its v
 parts held single images only, unlike its test parts. Version 2 (:data:`SPLIT_VERSION`)
 draws them with the relative costs of the tuning hold-out, so groups reach the validation
 part in proportion. A version-1 file still loads, with a note saying how to regenerate it.
+
+:func:`make_split` is the one place a split is made from the ``data.*`` options
+(:class:`SplitSettings`): :class:`~bus_mtl.data.datamodule.BUSDataModule` calls it in
+``setup()``, ``bus-mtl cv`` and ``compare`` call it once for ``OUT/split.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bus_mtl.data.errors import DataError, Problem
+from bus_mtl.data.errors import DataError, Problem, raise_if_errors
 from bus_mtl.data.sample import Sample
 
 SPLIT_KINDS = ("kfold", "by_centre", "file")
@@ -482,4 +486,130 @@ def leave_one_centre_out(
         [p.folds[0] for p in parts],
         [list(g) for g in groups],
         centres,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The one place a split is made
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """The ``data.*`` options that decide a split (all of them arguments of
+    :class:`~bus_mtl.data.datamodule.BUSDataModule`, which holds them as ``split_settings``).
+
+    ``kind``: ``kfold``, ``by_centre`` or ``file`` (:data:`SPLIT_KINDS`). ``test_centres``:
+    the centres a ``by_centre`` split tests on; ``None`` gives one fold per centre
+    (``bus-mtl cv --protocol by_centre``). ``tuning`` and ``tuning_fraction``: the tuning
+    hold-out (:data:`TUNING_MODES`, :func:`tuning_holdout`, drawn with ``seed``).
+    An invalid value raises ``ValueError`` naming the option and what it may be.
+    """
+
+    kind: str = "kfold"
+    n_folds: int = 5
+    seed: int = 42
+    val_fraction: float = 0.15
+    dup_threshold: int = -1
+    test_centres: list[str] | None = None
+    split_file: str | None = None
+    tuning: str = "off"
+    tuning_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.tuning not in TUNING_MODES:
+            raise ValueError(
+                f"tuning: {self.tuning!r} is not one of {TUNING_MODES}; set data.tuning: tune "
+                "in a sweep trial (validate on the tuning hold-out), exclude in the cv run that "
+                "reports the tuned settings, off to keep every image in the folds"
+            )
+        fraction = self.tuning_fraction
+        if isinstance(fraction, bool) or not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"tuning_fraction: must be in (0, 1), got {fraction!r}; "
+                "e.g. data.tuning_fraction: 0.15 (the default)"
+            )
+        if self.kind not in SPLIT_KINDS:
+            raise ValueError(f"split: {self.kind!r} is not one of {SPLIT_KINDS}")
+        if self.kind == "kfold" and self.n_folds < 2:
+            raise ValueError(f"n_folds: need at least 2, got {self.n_folds}")
+        if self.kind == "file" and not self.split_file:
+            raise ValueError("split_file: required when split='file'")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.dup_threshold > 64:
+            raise ValueError(
+                f"dup_threshold: a 64-bit hash distance is at most 64, got {self.dup_threshold}"
+            )
+
+
+def make_split(
+    samples: Sequence[Sample], groups: Sequence[Sequence[str]], settings: SplitSettings
+) -> Split:
+    """The split ``settings`` describe over ``samples`` and their near-duplicate (and
+    patient) ``groups``, with its tuning hold-out.
+
+    ``kfold``: :func:`kfold_split`; ``by_centre``: :func:`by_centre_split` on
+    ``test_centres``, or :func:`leave_one_centre_out` without them; ``file``: the split file
+    (a version-1 one says so on stderr), checked against the data (``DataError`` listing
+    every unknown id and every group split across parts).
+
+    ``tuning: exclude``: the hold-out is drawn first and the folds split the other images;
+    a split file keeps the hold-out it records, and one without gets the drawn one.
+    ``tuning: tune``: one fold, train = every image outside the hold-out, val = the
+    hold-out, no test part (a sweep trial). Either way the split records the hold-out as
+    ``tuning`` (saved with its fingerprint). Deterministic for the same inputs.
+    """
+    if settings.kind == "file":
+        split = Split.load(settings.split_file)  # type: ignore[arg-type]
+        where = str(settings.split_file)
+        raise_if_errors(split.check_against([s.id for s in samples], where=where, groups=groups))
+        if settings.tuning != "off" and not split.tuning:
+            split.tuning = _holdout(samples, groups, settings)
+            split.tuning_fraction = settings.tuning_fraction
+        if settings.tuning == "tune":
+            return _tuning_split(samples, groups, split.tuning, split.tuning_fraction, settings)
+        return split
+    held = _holdout(samples, groups, settings) if settings.tuning != "off" else []
+    if settings.tuning == "tune":
+        return _tuning_split(samples, groups, held, settings.tuning_fraction, settings)
+    rest = without(samples, held)
+    common = (settings.seed, settings.val_fraction, settings.dup_threshold)
+    if settings.kind == "kfold":
+        split = kfold_split(rest, groups, settings.n_folds, *common)
+    elif settings.test_centres is not None:
+        split = by_centre_split(rest, settings.test_centres, groups, *common)
+    else:
+        split = leave_one_centre_out(rest, groups, *common)
+    if held:
+        split.tuning, split.tuning_fraction = held, settings.tuning_fraction
+    return split
+
+
+def _holdout(
+    samples: Sequence[Sample], groups: Sequence[Sequence[str]], settings: SplitSettings
+) -> list[str]:
+    return tuning_holdout(samples, groups, settings.tuning_fraction, settings.seed)
+
+
+def _tuning_split(
+    samples: Sequence[Sample],
+    groups: Sequence[Sequence[str]],
+    held: Sequence[str],
+    fraction: float,
+    settings: SplitSettings,
+) -> Split:
+    """``data.tuning: tune``: one part pair, train = all but the hold-out, val = it."""
+    rest = sorted(s.id for s in without(samples, held))
+    fold = {"train": rest, "val": sorted(held), "test": []}
+    return Split(
+        "tuning",
+        settings.seed,
+        1,
+        settings.dup_threshold,
+        0.0,
+        [fold],
+        [list(g) for g in groups],
+        None,
+        sorted(held),
+        fraction,
     )

@@ -37,18 +37,14 @@ import numpy as np
 import pandas as pd
 
 from bus_mtl.experiments.cv import (
-    PROTOCOL_RECORD,
     Builder,
     FoldJob,
     build_datamodule,
     finish,
     fold_jobs,
-    make_split,
     record_inputs,
-    refuse_unfinal,
     run_jobs,
-    tuning_lines,
-    tuning_summary,
+    write_split,
 )
 from bus_mtl.experiments.results import (
     RESOLUTION_NOTE,
@@ -68,11 +64,15 @@ from bus_mtl.experiments.stats import (
     paired_bootstrap_auc,
     paired_bootstrap_mean,
 )
+from bus_mtl.experiments.tuning import (
+    PROTOCOL_RECORD,
+    refuse_unfinal,
+    tuning_lines,
+    tuning_summary,
+)
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-#: The reference when ``--reference`` is not given: the paper's best variant.
-DEFAULT_REFERENCE = "seg_features_effnet"
 #: The p-value columns of ``compare.csv`` (each with a ``<name>_holm`` twin) and the test.
 P_COLUMNS = {
     "p_dice_wilcoxon": "Wilcoxon signed-rank test, two-sided, over one value per unit "
@@ -148,9 +148,12 @@ def resolve_reference(variants: Sequence[str], reference: str | None = None) -> 
     """The reference variant of the significance tests and why it is the one.
 
     ``reference`` when given (it must be among ``variants``); otherwise
-    :data:`DEFAULT_REFERENCE`, the paper's best variant, or — when that is not compared —
-    the first variant given. Never chosen from test results.
+    :data:`bus_mtl.models.BEST_VARIANT`, the paper's best variant, or — when that is not
+    compared — the first variant given. Never chosen from test results.
     """
+    # Here, not at the top: reading a comparison's files needs no model zoo (MONAI, smp).
+    from bus_mtl.models import BEST_VARIANT
+
     names = list(dict.fromkeys(variants))
     if not names:
         raise ValueError("reference: no variants to compare")
@@ -162,10 +165,10 @@ def resolve_reference(variants: Sequence[str], reference: str | None = None) -> 
                 f"{reference!r} to --variants"
             )
         return reference, "given with --reference"
-    if DEFAULT_REFERENCE in names:
-        return DEFAULT_REFERENCE, "the default: the paper's best variant"
+    if BEST_VARIANT in names:
+        return BEST_VARIANT, "the default: the paper's best variant"
     return names[0], (
-        f"the first variant given, as the default {DEFAULT_REFERENCE} is not compared; "
+        f"the first variant given, as the default {BEST_VARIANT} is not compared; "
         "set one with --reference"
     )
 
@@ -230,13 +233,14 @@ def run_compare(
     :func:`resolve_reference`); an unknown one fails before any run starts. ``build``: the
     LightningCLI builder every fold uses (see :func:`bus_mtl.experiments.cv.run_cv`).
     ``final``: the run is declared final (``--final``), which refuses ``data.tuning: off``
-    before anything runs (:func:`bus_mtl.experiments.cv.refuse_unfinal`).
+    before anything runs (:func:`bus_mtl.experiments.tuning.refuse_unfinal`).
     Returns the comparison table and ``{fold folder: error}`` for failed folds.
     """
     out = Path(out)
     paths = variant_configs(variants, Path(variants_dir))
     resolve_reference(list(paths), reference)
-    tuning = build_datamodule(configs, extra).tuning
+    dm = build_datamodule(configs, extra)
+    tuning = dm.tuning
     if final:
         refuse_unfinal(tuning)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +251,7 @@ def run_compare(
         split = pdir / "split.json"
         if not split.is_file():
             pdir.mkdir(parents=True, exist_ok=True)
-            make_split(configs, split, protocol, folds, extra)
+            write_split(dm, split, protocol, folds)
         for v, path in paths.items():
             vdir = pdir / v
             vjobs = fold_jobs([*configs, str(path)], vdir, split, seed, extra, cwd, env, build)

@@ -3,11 +3,13 @@
 The flow, top to bottom in this file (:func:`run_cv`)::
 
     run_cv(configs, OUT, build=build_cli)
-      1. the split     make_split    OUT/split.json, computed once from the data configs and
-                                     reused by every later call (and by every variant of a
-                                     compare); OUT/conflicting_groups.csv beside it
+      1. the split     write_split   OUT/split.json, drawn once by the data module's
+                                     make_split (bus_mtl.data.splits) from the data configs
+                                     and reused by every later call (and by every variant
+                                     of a compare); OUT/conflicting_groups.csv beside it
       2. the checks    check_tuning  refuse (TuningLeak) a run whose test parts would hold
                                      images a sweep tuned on; OUT/tuned_by.json
+                                     (bus_mtl.experiments.tuning)
       3. the folds     fold_jobs     one FoldJob per part of the split: fold k, seed SEED + k
       4. run them      run_jobs      every fold without DONE, one after the other in this
                                      process; with --parallel N > 1, N at a time, each in a
@@ -55,7 +57,8 @@ fit from the newest ``last.ckpt`` in its folder (the config's ``ModelCheckpoint`
 With ``data.tuning: exclude`` the split leaves the tuning hold-out out of every fold (it is
 recorded in ``split.json`` as ``tuning``, with its fingerprint) and the summary says how many
 images that is. ``tuned_by`` (``bus-mtl cv --tuned-by SWEEP``) names a sweep's hold-out; a run
-whose test parts would hold any of its images is refused, naming them (:class:`TuningLeak`).
+whose test parts would hold any of its images is refused, naming them
+(:class:`~bus_mtl.experiments.tuning.TuningLeak`).
 A run declared final (``final=True``, ``--final``) refuses ``data.tuning: off``; the summary
 of a run without a hold-out names the choices that could have seen its test images
 (:mod:`bus_mtl.experiments.protocol`, docs/protocol.md).
@@ -76,9 +79,9 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -90,18 +93,22 @@ from bus_mtl.experiments.results import (
     write_cv_summary,
     write_json,
 )
+from bus_mtl.experiments.tuning import (
+    PROTOCOL_RECORD,
+    TUNED_BY,
+    check_tuning,
+    refuse_tune_mode,
+    refuse_unfinal,
+    tuning_lines,
+    tuning_summary,
+)
+
+if TYPE_CHECKING:  # the data module pulls in Lightning: imported where one is built
+    from bus_mtl.data.datamodule import BUSDataModule
 
 PROTOCOLS = ("kfold", "by_centre")
-#: What a sweep writes (``bus-mtl sweep``): the ids its trials validated on.
-TUNING_RECORD = "tuning.json"
-#: What ``run_cv(tuned_by=...)`` writes: the sweep hold-out it checked the folds against.
-TUNED_BY = "tuned_by.json"
-#: What ``run_cv``/``run_compare`` write: whether the run was declared final (``--final``).
-PROTOCOL_RECORD = "protocol.json"
 #: A fold's record of its fit (see the layout above).
 RUN_RECORD = "run.json"
-#: Tuned images named in a refusal before "... and N more".
-SHOWN = 10
 
 #: ``build(args, run=False, ckpt_path=None)`` -> a LightningCLI with ``trainer``, ``model``
 #: and ``datamodule`` built and nothing run (:func:`bus_mtl.cli.lightning.build_cli`).
@@ -110,34 +117,6 @@ Builder = Callable[..., Any]
 
 class FoldFailed(RuntimeError):
     """A fold's subprocess exited with an error; the message names its log file."""
-
-
-class TuningLeak(ValueError):
-    """cv would report on images hyper-parameters were tuned on (the message names them), or
-    cannot check it (a ``--tuned-by`` without a recorded hold-out, ``data.tuning: tune``)."""
-
-
-def refuse_tune_mode(tuning: str) -> None:
-    """``data.tuning: tune`` belongs to sweep trials (val = the hold-out, no test part)."""
-    if tuning == "tune":
-        raise TuningLeak(
-            "data.tuning: 'tune' trains on every image outside the tuning hold-out and "
-            "validates on it, with no test part: the setting of a sweep trial (is a trial's "
-            "config.yaml among the --config files?). To report tuned settings, run cv with "
-            "--data.tuning=exclude (the hold-out is then in no fold), and --tuned-by SWEEP "
-            "to check it is the sweep's hold-out"
-        )
-
-
-def refuse_unfinal(tuning: str) -> None:
-    """A run declared final (``--final``) must keep a tuning hold-out out of its test parts."""
-    if tuning == "off":
-        raise TuningLeak(
-            "--final: data.tuning is 'off', so every image is tested in some fold and any "
-            "choice made on these images (a sweep, a look at a fold's validation part) could "
-            "have seen the test images; add --data.tuning exclude (the tuning hold-out is then "
-            "in no fold; docs/protocol.md)"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,10 +143,12 @@ def run_cv(
 
     The split is ``split_path`` when given (``compare`` shares one between variants), else
     ``OUT/split.json``, computed on the first call and reused by every later one.
-    ``tuned_by``: a sweep's folder or hold-out record (:func:`load_tuned`); the run is
-    refused (:class:`TuningLeak`, before any fold runs) when a test part holds one of its
-    images. ``final``: the run is declared final (``--final``): ``data.tuning: off`` is
-    refused (:func:`refuse_unfinal`), and the record says so (``OUT/protocol.json``).
+    ``tuned_by``: a sweep's folder or hold-out record
+    (:func:`~bus_mtl.experiments.tuning.load_tuned`); the run is refused
+    (:class:`~bus_mtl.experiments.tuning.TuningLeak`, before any fold runs) when a test part
+    holds one of its images. ``final``: the run is declared final (``--final``):
+    ``data.tuning: off`` is refused (:func:`~bus_mtl.experiments.tuning.refuse_unfinal`), and
+    the record says so (``OUT/protocol.json``).
     ``build``: the LightningCLI builder (see :data:`Builder`); ``cwd``/``env``: of the fold
     subprocesses (``parallel > 1``). Returns ``(summary payload or None if no fold finished,
     {fold: error})``.
@@ -175,7 +156,8 @@ def run_cv(
     if not configs:
         raise ValueError("at least one --config is needed")
     # 1. the split, 2. the checks
-    tuning = build_datamodule(configs, extra).tuning
+    dm = build_datamodule(configs, extra)
+    tuning = dm.tuning
     refuse_tune_mode(tuning)
     if final:
         refuse_unfinal(tuning)
@@ -186,7 +168,7 @@ def run_cv(
     if split_path is None:
         split_path = out / "split.json"
         if not split_path.is_file():
-            make_split(configs, split_path, protocol, folds, extra)
+            write_split(dm, split_path, protocol, folds)
             made = True
     try:
         checked = check_tuning(Path(split_path), tuning, tuned_by)
@@ -208,56 +190,53 @@ def run_cv(
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. The split
+# 1. The split (2. the checks are in bus_mtl.experiments.tuning)
 
 
-def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> Any:
-    """The ``BUSDataModule`` the configs (and ``--data.*`` extra args) describe, parsed the
-    way LightningCLI parses it, without building the model or the trainer: each config's
-    ``data`` section is given as a ``--config`` YAML string, in order, so that later ones
-    override earlier ones exactly as in the full config."""
+def build_datamodule(configs: Sequence[str], extra: Sequence[str] = ()) -> BUSDataModule:
+    """The ``BUSDataModule`` the configs (and ``--data.*`` extra args) describe, parsed as
+    LightningCLI parses its ``data`` section, without building the model or the trainer.
+
+    Later configs override earlier ones; a source preset (``--data.sources FILE``, or a
+    path in a config's ``data.sources``, relative to that config) is read as a file. A net
+    preset among the configs is skipped; a source preset is loaded as ``--data.sources``.
+    """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from bus_mtl.data.datamodule import BUSDataModule
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(BUSDataModule, "data", fail_untyped=False)
+    # sub_configs: a class-typed value (data.sources) may be a preset file, as in LightningCLI.
+    parser.add_class_arguments(BUSDataModule, "data", fail_untyped=False, sub_configs=True)
     args: list[str] = []
+    sections: set[str] = set()
     for path in configs:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        kind = component_kind(p)
+        kind = component_kind(path)
         if kind == "sources":
-            args += _sources_config(p)
-            continue
-        if kind is not None:  # a net preset: no data in it
-            continue
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping")
-        section = data.get("data")
-        if isinstance(section, dict):
-            sources = section.get("sources")
-            if isinstance(sources, str):
-                # A source preset named by its path, which is relative to the config file:
-                # the section is handed on as a string, so the path is made absolute here.
-                section = {**section, "sources": str((p.parent / sources).resolve())}
-            args += ["--config", yaml.safe_dump({"data": section})]
+            args += ["--data.sources", str(path)]
+        elif kind is None:
+            args += ["--config", str(path)]
+            sections |= _sections(Path(path))
+    # The trainer, model, ... sections of the configs: parsed as opaque values, not used.
+    for key in sorted(sections - {"data", "config"}):
+        parser.add_argument(f"--{key}", type=Any, default=None)
     args += _data_args(extra)
     return parser.instantiate_classes(parser.parse_args(args)).data
 
 
-def _sources_config(path: Path) -> list[str]:
-    """A source preset as a ``--config`` YAML string: this bare parser (unlike
-    LightningCLI's) does not read a ``--data.sources PATH`` value as a file."""
-    return ["--config", yaml.safe_dump({"data": {"sources": yaml.safe_load(path.read_text())}})]
+def _sections(path: Path) -> set[str]:
+    """The top-level keys of the config file ``path``."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a YAML mapping")
+    return set(data)
 
 
 def _data_args(extra: Sequence[str]) -> list[str]:
-    """The ``--data.*`` arguments of ``extra`` (``--data.x=v`` and ``--data.x v``), with a
-    ``--data.sources`` that names a preset file given as its content."""
+    """The ``--data.*`` arguments of ``extra`` (``--data.x=v`` and ``--data.x v``)."""
     out: list[str] = []
     items = list(extra)
     i = 0
@@ -266,63 +245,40 @@ def _data_args(extra: Sequence[str]) -> list[str]:
         i += 1
         if not (arg.startswith("--data.") or arg.startswith("--data=")):
             continue
-        key, eq, value = arg.partition("=")
-        if not eq and i < len(items) and not items[i].startswith("--"):
-            value = items[i]
+        out.append(arg)
+        if "=" not in arg and i < len(items) and not items[i].startswith("--"):
+            out.append(items[i])
             i += 1
-        elif not eq:
-            out.append(arg)
-            continue
-        if key == "--data.sources" and Path(value).is_file():
-            out += _sources_config(Path(value))
-        else:
-            out += [key, value]
     return out
 
 
-def make_split(
-    configs: Sequence[str],
-    path: Path,
-    protocol: str = "kfold",
-    folds: int = 5,
-    extra: Sequence[str] = (),
+def write_split(
+    dm: BUSDataModule, path: Path, protocol: str = "kfold", folds: int = 5
 ) -> dict[str, Any]:
-    """Compute the split once from the data the configs describe and write it to ``path``.
+    """Draw the split of the data module ``dm``'s data once and write it to ``path``, with
+    ``<stem>_names.json`` (the folds' names) and the cross-class groups (:data:`CONFLICTS_CSV`)
+    beside it.
 
     ``kfold``: stratified grouped ``folds``-fold split. ``by_centre``: one fold per centre,
-    trained on the other centres and tested on it (both directions for two centres).
-    Returns the split as a dict with ``fold_names``.
+    trained on the other centres and tested on it (both directions for two centres). The
+    rest (seed, validation share, near-duplicate groups, tuning hold-out) is ``dm``'s:
+    :func:`bus_mtl.data.splits.make_split` draws it as ``dm.setup()`` would. Returns
+    ``{"n_folds", "fold_names"}``.
     """
-    from bus_mtl.data.check import check_data, conflict_rows, write_conflicts_csv
-    from bus_mtl.data.splits import kfold_split, leave_one_centre_out, tuning_holdout, without
+    from bus_mtl.data.check import conflict_rows, write_conflicts_csv
+    from bus_mtl.data.splits import make_split
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: {protocol!r} is not one of {PROTOCOLS}")
-    dm = build_datamodule(configs, extra)
     refuse_tune_mode(dm.tuning)
-    report = check_data(
-        dm.source,
-        dm.image_size,
-        dm.cache_dir,
-        dm.dup_threshold,
-        dm.num_workers or None,
-        dm.resize,  # fills the cache the folds then read
-    )
-    report.raise_if_errors()
-    samples, groups = report.samples, report.groups
-    held: list[str] = []
-    if dm.tuning == "exclude":  # the hold-out is in no fold: split the other images
-        held = tuning_holdout(samples, groups, dm.tuning_fraction, dm.seed)
-        samples = without(samples, held)
+    report = dm.check()  # also fills the decode cache the folds then read
+    settings = replace(dm.split_settings, kind=protocol, n_folds=folds, test_centres=None)
+    split = make_split(report.samples, report.groups, settings)
     if protocol == "kfold":
-        split = kfold_split(samples, groups, folds, dm.seed, dm.val_fraction, dm.dup_threshold)
         names = [f"fold {k}" for k in range(folds)]
     else:
-        split = leave_one_centre_out(samples, groups, dm.seed, dm.val_fraction, dm.dup_threshold)
         centres = list(split.test_centres or [])
         names = [f"{'+'.join(x for x in centres if x != c)}→{c}" for c in centres]
-    if held:
-        split.tuning, split.tuning_fraction = held, dm.tuning_fraction
     split.save(path)
     write_conflicts_csv(conflict_rows(report, split), Path(path).with_name(CONFLICTS_CSV))
     names_path = Path(path).with_name(Path(path).stem + "_names.json")
@@ -336,186 +292,6 @@ def fold_names_for(split_path: Path) -> list[str]:
         return json.loads(names.read_text())
     n = len(json.loads(Path(split_path).read_text())["folds"])
     return [f"fold {k}" for k in range(n)]
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. The tuning hold-out
-
-
-def load_tuned(path: str | Path) -> dict[str, Any]:
-    """The hold-out a sweep tuned on: ``{"ids", "fingerprint", "source", ...}``.
-
-    ``path`` is a local sweep's folder or its ``tuning.json`` (``bus-mtl sweep``), or a
-    trial run's ``split.json`` (saved beside its ``config.yaml``; W&B agent runs) or a folder
-    of such runs (the union of their hold-outs).
-    """
-    from bus_mtl.data.splits import tuning_fingerprint
-
-    path = Path(path).expanduser()
-    if path.is_dir():
-        files = [path / TUNING_RECORD] if (path / TUNING_RECORD).is_file() else []
-        files = files or sorted(path.rglob("split.json"))
-    elif path.is_file():
-        files = [path]
-    else:
-        raise TuningLeak(
-            f"--tuned-by: {path} not found; give a sweep folder or its {TUNING_RECORD}"
-        )
-    ids: set[str] = set()
-    info: dict[str, Any] = {}
-    for f in files:
-        try:
-            data = json.loads(f.read_text())
-        except ValueError as err:
-            raise TuningLeak(f"--tuned-by: {f} is not valid JSON: {err}") from None
-        found = (data.get("ids") or data.get("tuning") or []) if isinstance(data, dict) else []
-        if not found:
-            continue  # e.g. a run's split.json made with data.tuning: off
-        ids.update(found)
-        for key in ("seed", "tuning_fraction"):
-            if key in data and key not in info:
-                info[key] = data[key]
-    if not ids:
-        raise TuningLeak(
-            f"--tuned-by: no tuning hold-out recorded in {path} (no {TUNING_RECORD} with "
-            "'ids', no split.json with 'tuning'); sweeps record it when their trials run "
-            "with data.tuning: tune"
-        )
-    return {
-        **info,
-        "source": str(path),
-        "ids": sorted(ids),
-        "fingerprint": tuning_fingerprint(sorted(ids)),
-    }
-
-
-def tuning_overlap(split_path: str | Path, tuned: Sequence[str]) -> dict[str, list[int]]:
-    """``{id: [folds]}`` of the tuned ids that a fold of the split would test on."""
-    data = json.loads(Path(split_path).read_text())
-    tuned_set, held = set(tuned), set(data.get("tuning") or [])
-    out: dict[str, list[int]] = {}
-    for k, fold in enumerate(data["folds"]):
-        for i in fold.get("test", []):
-            if i in tuned_set and i not in held:
-                out.setdefault(i, []).append(k)
-    return dict(sorted(out.items()))
-
-
-def check_tuning(
-    split_path: Path, tuning: str, tuned_by: str | Path | None
-) -> dict[str, Any] | None:
-    """Refuse (:class:`TuningLeak`) a cv whose folds would report on tuned images.
-
-    ``tuning`` is the run's ``data.tuning``: ``exclude`` needs a split with a hold-out.
-    With ``tuned_by`` (see :func:`load_tuned`), every tuned image a test part holds is named.
-    Returns the record to keep as ``tuned_by.json`` (``None`` without ``tuned_by``).
-    """
-    refuse_tune_mode(tuning)
-    data = json.loads(Path(split_path).read_text())
-    if tuning == "exclude" and not data.get("tuning"):
-        raise TuningLeak(
-            f"data.tuning: exclude, but {split_path} has no tuning hold-out (it was made with "
-            "data.tuning: off, so its folds test on every image); use a new --out folder, "
-            "where the split is made with the hold-out left out"
-        )
-    if tuned_by is None:
-        return None
-    tuned = load_tuned(tuned_by)
-    overlap = tuning_overlap(split_path, tuned["ids"])
-    if overlap:
-        named = ", ".join(
-            f"{i!r} (fold {'+'.join(map(str, k))})" for i, k in list(overlap.items())[:SHOWN]
-        )
-        more = f" and {len(overlap) - SHOWN} more" if len(overlap) > SHOWN else ""
-        same = ", ".join(f"data.{k}: {tuned[k]}" for k in ("seed", "tuning_fraction") if k in tuned)
-        raise TuningLeak(
-            f"--tuned-by {tuned['source']}: the hyper-parameters were tuned on "
-            f"{len(tuned['ids'])} image(s) (fingerprint {tuned['fingerprint']}), and "
-            f"{len(overlap)} of them would be reported on in this cv's test folds "
-            f"(data.tuning: {tuning}): {named}{more}. Run cv with --data.tuning=exclude and "
-            f"the sweep's data config{f' ({same})' if same else ''}, in a new --out folder"
-        )
-    return {
-        "tuned_by": tuned["source"],
-        "fingerprint": tuned["fingerprint"],
-        "images": len(tuned["ids"]),
-        "reported": 0,
-    }
-
-
-def _split_of(out: Path) -> Path | None:
-    """The split file a cv folder's folds ran on (its own, or the one its jobs name)."""
-    if (out / "split.json").is_file():
-        return out / "split.json"
-    for job in sorted(out.glob("fold_*/job.json")):
-        try:
-            path = json.loads(job.read_text()).get("split_path")
-        except ValueError:
-            continue
-        if path and Path(path).is_file():
-            return Path(path)
-    return None
-
-
-def tuning_summary(out: Path) -> dict[str, Any] | None:
-    """What the summary says about the tuning hold-out (``None``: no split file found)."""
-    split_path = _split_of(Path(out))
-    if split_path is None:
-        return None
-    from bus_mtl.data.splits import Split
-
-    split = Split.load(split_path)
-    info: dict[str, Any] = {
-        "excluded": bool(split.tuning),
-        "images": len(split.tuning),
-        "fingerprint": split.tuning_fingerprint,
-        "tuning_fraction": split.tuning_fraction if split.tuning else None,
-        "seed": split.seed,
-    }
-    record = Path(out) / TUNED_BY
-    if record.is_file():
-        info["tuned_by"] = json.loads(record.read_text())
-    protocol = Path(out) / PROTOCOL_RECORD
-    info["final"] = bool(protocol.is_file() and json.loads(protocol.read_text()).get("final"))
-    from bus_mtl.experiments.protocol import GENERAL, exposed_choices, fold_config
-
-    tested = [i for fold in split.folds for i in fold.get("test", [])]
-    past = exposed_choices(tested, fold_config(Path(out)))
-    info["exposed_choices"] = past if split.tuning else [GENERAL, *past]
-    return info
-
-
-def tuning_lines(info: dict[str, Any]) -> list[str]:
-    """The summary's Markdown about the hold-out: a paragraph, then one bullet per choice
-    that could have seen the test images (``info["exposed_choices"]``), then a blank line."""
-    choices = [f"* {c}" for c in info.get("exposed_choices") or []]
-    if info["excluded"]:
-        text = (
-            f"Tuning hold-out excluded: {info['images']} images (fingerprint "
-            f"{info['fingerprint']}, data.tuning_fraction {info['tuning_fraction']}, data.seed "
-            f"{info['seed']}) are in no fold's train, validation or test part; they are kept "
-            "for tuning (`bus-mtl sweep`)."
-        )
-        if info.get("final"):
-            text += " Declared final (`--final`)."
-        if choices:
-            text += (
-                " Choices made on images outside that hold-out, which this run still uses "
-                "and whose images it tests (docs/protocol.md):"
-            )
-    else:
-        text = (
-            "No tuning hold-out (data.tuning: off): every image is tested in one fold, so "
-            "this is not a final run (`--final` refuses it; the fix is --data.tuning exclude) "
-            "and these choices could have seen its test images (docs/protocol.md):"
-        )
-    tuned = info.get("tuned_by")
-    if tuned:
-        text += (
-            f" Hyper-parameters tuned by {tuned['tuned_by']} on {tuned['images']} images "
-            f"(fingerprint {tuned['fingerprint']}): none of them is among the test images."
-        )
-    return [text, *([""] + choices if choices else []), ""]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,7 +389,7 @@ def record_inputs(out: Path, argv: Sequence[str] | None, jobs: Sequence[FoldJob]
         (out / "command.txt").write_text(shlex.join(["bus-mtl", *argv]) + "\n")
     seeds = {f"fold_{j.fold}": j.seed for j in jobs}
     write_json(out / "seeds.json", seeds)
-    # make_split writes the cross-class groups beside the split; a folder sharing the split
+    # write_split writes the cross-class groups beside the split; a folder sharing the split
     # (a compare variant) gets its own copy, so its summary can count them.
     conflicts = {Path(j.split_path).with_name(CONFLICTS_CSV) for j in jobs}
     for src in conflicts:

@@ -167,11 +167,12 @@ def evaluate(
     if not samples:
         raise ValueError("no samples to evaluate: the manifest or source lists no image")
     info = predictor.info
-    if predictor.tta and info.tta == "none":
+    if predictor.mirror_average and info.tta == "none":
         raise ValueError(
-            "the predictor averages the image and its mirror itself (tta=True), which the "
-            "model was not calibrated for: evaluate scores the model as trained; build the "
-            "predictor with tta=False (a checkpoint trained with model.tta: hflip has it inside)"
+            "the predictor averages the probabilities of the image and its mirror itself "
+            "(mirror_average=True), which the model was not calibrated for: evaluate scores "
+            "the model as trained; build the predictor with mirror_average=False (a "
+            "checkpoint trained with model.tta: hflip has its flip inside, calibrated)"
         )
     bad = [f for f in referral_fractions if not 0.0 < float(f) < 1.0]
     if bad:

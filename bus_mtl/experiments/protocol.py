@@ -56,15 +56,19 @@ def _cls_weight(cfg: dict[str, Any]) -> Any:
     return _get(cfg, "model", "weighting", "init_args", "cls")
 
 
+def _class_name(config: dict[str, Any]) -> str:
+    """``"Class"`` of a ``{"class_path": "package.module.Class", ...}`` config."""
+    return str(config.get("class_path", "")).rpartition(".")[2]
+
+
 def _threshold_rule(cfg: dict[str, Any]) -> str | None:
     """The threshold rule of the last calibration callback (the one that fits; its default
     when not spelled out)."""
     callbacks = _get(cfg, "trainer", "callbacks")
     rule = None
     for cb in callbacks if isinstance(callbacks, list) else []:
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith(
-            "TemperatureCalibration"
-        ):
+        # By class name: bus_mtl.training.X and bus_mtl.training.calibration.X are one class.
+        if isinstance(cb, dict) and _class_name(cb) == "TemperatureCalibration":
             rule = _get(cb, "init_args", "threshold_rule") or "youden_binormal"
     return rule
 

@@ -17,9 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bus_mtl.experiments.stats import mean_std
-
-# reliability_bins: re-exported, the ECE's bins live beside its definition.
-from bus_mtl.training.metrics import ECE_BINS, binary_metrics, reliability_bins  # noqa: F401
+from bus_mtl.training.metrics import ECE_BINS, PREDICTION_COLUMNS, binary_metrics
 
 # The paper's table, in order. "params" comes from the checkpoint, not from a test metric.
 TABLE_METRICS: tuple[str, ...] = (
@@ -37,8 +35,7 @@ TABLE_METRICS: tuple[str, ...] = (
 PERCENT_METRICS = frozenset(
     {"dice", "iou", "auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc"}
 )
-PREDICTION_COLUMNS = ("id", "centre", "label", "prob", "dice", "iou", "hd95", "mask_area")
-#: Cross-class near-duplicate groups of a cv folder (written by ``cv.make_split``).
+#: Cross-class near-duplicate groups of a cv folder (written by ``cv.write_split``).
 CONFLICTS_CSV = "conflicting_groups.csv"
 
 

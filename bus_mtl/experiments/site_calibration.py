@@ -13,7 +13,7 @@ is the site's, so ``bus-mtl predict``, ``evaluate`` and ``export`` use it with n
 
 This sits above training and inference because it needs the training side's fitting
 functions and the deployment side's predictors. ``bus-mtl calibrate`` is its command line
-and ``experiments/site_calibration.py`` measures both on BrEaST-Lesions_USG.
+and ``bus-mtl bench site-calibration`` measures both on BrEaST-Lesions_USG.
 """
 
 from __future__ import annotations
@@ -395,12 +395,11 @@ def adapt_site(
       on the site's images; temperature and threshold kept;
     * ``"both"``: BatchNorm first, then the prior shift on the adapted network's outputs.
 
-    There is no default: on BrEaST-Lesions_USG the prior shift alone put the prevalence at
-    0.95 (true 0.39) for both BUSI checkpoints measured and called every case malignant,
-    while ``"both"`` gave a usable point (``experiments/site_calibration.py``).
+    There is no default: neither gained sensitivity on BrEaST-Lesions_USG (docs/results.md,
+    site calibration).
 
-    ``source_prior``: the prevalence the stored probabilities refer to (default: the
-    checkpoint's training part; an ONNX export records none, so it must be given).
+    ``source_prior``: the prevalence the stored probabilities refer to (default: the one the
+    checkpoint or export recorded, :func:`~bus_mtl.training.losses.calibrated_prior`).
     """
     if adapt not in ADAPT_MODES:
         raise ValueError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
@@ -413,9 +412,10 @@ def adapt_site(
         source_prior = source_prior if source_prior is not None else site_model.source_prior()
         if source_prior is None:
             raise ValueError(
-                f"{site_model.path}: records no training prevalence (an ONNX export does not "
-                "carry train_class_counts); pass the malignant fraction of the training data "
-                "the model was calibrated for, e.g. --source-prior 0.325 for BUSI (210 of 647)"
+                f"{site_model.path}: records no source prior (written before bus_mtl recorded "
+                "it); pass the prevalence its probabilities refer to: --source-prior 0.5 for "
+                "the default class-balanced loss (pos_weight: auto), the training part's "
+                "malignant fraction (e.g. 0.325 on BUSI) for an unweighted one"
             )
     before = {mode: site_model.operating_point(mode) for mode in site_model.modes}
     logits = stored_logits = site_model.logits(cases.images, batch_size)

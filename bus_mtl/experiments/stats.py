@@ -23,7 +23,7 @@ separate test set, scored by its own model.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
@@ -45,9 +45,6 @@ class TestResult:
     n_units: int = -1
     ci_low: float = math.nan
     ci_high: float = math.nan
-
-    def as_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
 
 
 def mean_std(values: np.ndarray | list[float], ddof: int = 1) -> tuple[float, float]:

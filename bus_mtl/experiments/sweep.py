@@ -39,6 +39,7 @@ import pandas as pd
 import yaml
 
 from bus_mtl.experiments.results import markdown_table, write_json
+from bus_mtl.experiments.tuning import TUNING_RECORD
 
 METHODS = ("grid", "random", "bayes")
 GOALS = ("maximize", "minimize")
@@ -59,8 +60,6 @@ RECORDER = "bus_mtl.experiments.callbacks.RunRecorder"
 TUNE_ARG = "--data.tuning=tune"
 #: Parameters that draw the hold-out: sampling one gives each trial another hold-out.
 HOLDOUT_KEYS = ("data.tuning", "data.tuning_fraction", "data.seed")
-#: What the local runner writes: the hold-out its trials validated on.
-TUNING_RECORD = "tuning.json"
 
 
 class SweepError(ValueError):

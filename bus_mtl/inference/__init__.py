@@ -30,24 +30,10 @@ _LAZY: dict[str, str] = {
     "load_fold_samples": "bus_mtl.inference.gate",
 }
 
-# Training-side helpers this package re-exported until inference stopped importing training
-# (inference imports only bus_mtl.models and bus_mtl.data): where they are now.
-_MOVED: dict[str, str] = {
-    "fit_temperature": "bus_mtl.training.calibration.fit_temperature",
-    "expected_calibration_error": "bus_mtl.training.calibration.expected_calibration_error",
-    "reliability_diagram": "bus_mtl.training.visualization.reliability_diagram",
-}
-
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        module, _, attr = _MOVED[name].rpartition(".")
-        raise AttributeError(
-            f"bus_mtl.inference.{name} has moved to {_MOVED[name]}: use "
-            f"'from {module} import {attr}' (inference no longer imports the training stack)"
-        )
     if name not in _LAZY:
         raise AttributeError(f"module 'bus_mtl.inference' has no attribute {name!r}")
     return getattr(importlib.import_module(_LAZY[name]), name)

@@ -235,7 +235,7 @@ def export_checkpoint(
             ``"none"`` exports the single pass of an ``"hflip"`` checkpoint (half the
             latency) with the temperature and threshold fitted for the single pass.
     """
-    from bus_mtl.inference.torch_predictor import load_checkpoint
+    from bus_mtl.inference.torch_predictor import load_net_and_info
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -244,7 +244,7 @@ def export_checkpoint(
     if quantize and format != "onnx":
         raise ValueError("int8 quantisation is for ONNX exports (--format onnx)")
     ckpt_path = Path(ckpt_path)
-    net, info = load_checkpoint(ckpt_path, image_size=image_size, net_tta=tta)
+    net, info = load_net_and_info(ckpt_path, image_size=image_size, tta=tta)
     divisor = int(getattr(net, "size_divisor", 1))
     if info.image_size % divisor:
         raise ValueError(

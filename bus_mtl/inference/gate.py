@@ -167,10 +167,9 @@ def load_fold_samples(
     import tempfile
 
     from bus_mtl.data import BUSDataModule
-    from bus_mtl.data.io import read_masks
+    from bus_mtl.data.io import read_image, read_masks
     from bus_mtl.data.paths import find_busi_root
     from bus_mtl.data.sources import BUSISource
-    from bus_mtl.inference.preprocess import read_image
 
     root = Path(busi_root) if busi_root is not None else find_busi_root()
     if root is None:
@@ -213,7 +212,7 @@ def gate_model(
 
     deployed = Predictor(model_path, num_threads=num_threads)
     # The eager model evaluated as the export was made (its TTA and operating point).
-    eager = TorchPredictor.from_checkpoint(ckpt_path, net_tta=deployed.info.tta)
+    eager = TorchPredictor.from_checkpoint(ckpt_path, tta=deployed.info.tta)
     precision = getattr(deployed, "precision", "fp32")
     what = f"{Path(model_path).name}: {precision} at {deployed.info.image_size}px"
     if deployed.info.tta != "none":

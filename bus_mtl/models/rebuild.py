@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,28 @@ def build_net(config: dict[str, Any]) -> nn.Module:
     return cls(**without_weight_sources(cls, dict(config["init_args"])))
 
 
+def _not_a_checkpoint(path: Path, err: Exception) -> str:
+    """What ``path`` is, given that ``torch.load`` refused it with ``err``, and the fix."""
+    fix = "pass the .ckpt file that bus-mtl fit wrote (RUN/checkpoints/*.ckpt)"
+    if path.suffix == ".onnx":
+        return f"{path} is an ONNX export, not a PyTorch checkpoint: pass it with --model"
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        return (
+            f"{path} holds Python objects besides tensors and plain values, which a bus_mtl "
+            f"checkpoint never does (not loaded: it could run code); {fix}"
+        )
+    with path.open("rb") as f:
+        head = f.read(512)
+    text = head.decode("utf-8", errors="replace")
+    if not head:
+        what = "an empty file"
+    elif all(c.isprintable() or c.isspace() for c in text) and "\ufffd" not in text:
+        what = "a text file"
+    else:
+        what = f"torch.load: {type(err).__name__}: {err}"
+    return f"{path} is not a PyTorch checkpoint ({what}); {fix}"
+
+
 def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on CPU; ``ValueError`` naming the file when it is not a bus_mtl one."""
     path = Path(ckpt_path)
@@ -125,7 +148,7 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
         # tensors and plain values.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unreadable file
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        raise ValueError(_not_a_checkpoint(path, err)) from err
     if not isinstance(checkpoint, dict) or "bus_mtl" not in checkpoint:
         raise ValueError(f"{path} has no 'bus_mtl' metadata: it was not written by MultiTaskModule")
     return checkpoint

@@ -22,7 +22,7 @@ SEGRESNET_DIVISOR = 8
 # a fixed per-channel affine that onnxruntime folds into the convolutions (or runs in their
 # NCHWc layout), while GroupNorm's per-image statistics leave the layout on every block, so
 # the deployed net is faster with "batch" (latency and BUSI 5-fold accuracy of both:
-# docs/results.md; experiments/deploy_routes.py measures it).
+# docs/results.md; `bus-mtl bench deploy-routes` measures it).
 SEGRESNET_NORMS = ("group", "batch")
 
 

@@ -1,7 +1,8 @@
 """Training: ``MultiTaskModule``, losses, loss weighting, metrics, callbacks, checkpoints.
 
-Heavy imports (Lightning, MONAI) happen on first attribute access, so ``bus_mtl.training.load_net``
-and the losses can be imported without pulling in the whole training stack twice.
+Heavy imports (Lightning, MONAI) happen on first attribute access, so the losses can be
+imported without pulling in the whole training stack. Reading checkpoints and rebuilding their
+net live in :mod:`bus_mtl.models.rebuild` (``load_net``, ``load_inference_net``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from typing import Any
 
 _EXPORTS = {
     "MultiTaskModule": "bus_mtl.training.module",
-    "load_net": "bus_mtl.training.checkpoint",
-    "load_inference_net": "bus_mtl.training.checkpoint",
-    "load_checkpoint": "bus_mtl.training.checkpoint",
     "FiniteLossGuard": "bus_mtl.training.callbacks",
     "LoggedSaveConfigCallback": "bus_mtl.training.callbacks",
     "PerImagePredictions": "bus_mtl.training.callbacks",

@@ -32,7 +32,6 @@ import json
 import math
 import shlex
 import statistics
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,13 +75,11 @@ class TimeBudget(Callback):
     Args:
         minutes: the training budget, > 0.
         warm_epochs: first epochs left out of the steady-state epoch time (caches,
-            allocator, a first validation); until a later epoch ends, the plan uses the
-            latest epoch's time, which errs on the short side.
+            allocator, a first validation); no plan is made from them alone: while budget
+            is left, training goes on to a steady epoch (the mid-epoch stop still holds).
         window: the steady-state time is the median of this many latest epochs (>= 1).
         safety: fraction of the remaining budget planned for (0 < safety <= 1), leaving
             room for epoch-to-epoch noise.
-        plan_epochs: no longer used (the plan is re-made at every epoch end); accepted, with
-            a note, so that the ``config.yaml`` of earlier runs still loads.
     """
 
     def __init__(
@@ -91,7 +88,6 @@ class TimeBudget(Callback):
         warm_epochs: int = 1,
         window: int = 3,
         safety: float = 0.97,
-        plan_epochs: int | None = None,
     ) -> None:
         if isinstance(minutes, bool) or not (isinstance(minutes, (int, float)) and minutes > 0):
             raise ValueError(
@@ -103,19 +99,6 @@ class TimeBudget(Callback):
             raise ValueError(f"TimeBudget: window must be an int >= 1, got {window!r}")
         if not 0 < safety <= 1:
             raise ValueError(f"TimeBudget: safety must be in (0, 1], got {safety!r}")
-        if plan_epochs is not None:
-            if isinstance(plan_epochs, bool) or not (
-                isinstance(plan_epochs, int) and plan_epochs >= 1
-            ):
-                raise ValueError(
-                    f"TimeBudget: plan_epochs must be an int >= 1, got {plan_epochs!r} "
-                    "(it no longer has an effect: leave it out)"
-                )
-            print(
-                "TimeBudget: plan_epochs no longer has an effect: the plan is re-made at "
-                "every epoch end from the steady-state epoch time (see warm_epochs, window)",
-                file=sys.stderr,
-            )
         self.budget_s = 60.0 * float(minutes)
         self.warm_epochs = warm_epochs
         self.window = window
@@ -207,6 +190,15 @@ class TimeBudget(Callback):
             )
             return
         remaining = self.budget_s - (now - self._start)
+        if len(self.epoch_seconds) <= self.warm_epochs and remaining > 0:
+            # Only warm-up epochs timed: one that filled caches or met a busy machine can be
+            # many times slower than the rest, and a plan made from it could end the run
+            # here. The plan waits for a steady epoch; the mid-epoch stop keeps the budget.
+            rank_zero_print(
+                f"TimeBudget: epoch {done} took {self.epoch_seconds[-1]:.1f} s (warm-up: "
+                f"the plan waits for a steady epoch; {remaining:.0f} s left)"
+            )
+            return
         epoch_s = self.steady_epoch_s()
         more = max(math.floor(self.safety * remaining / max(epoch_s, 1e-9)), 0)
         planned = done + more

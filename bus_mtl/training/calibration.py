@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_roc
 
+from bus_mtl.models.rebuild import net_state_dict
 from bus_mtl.models.tta import with_tta
-from bus_mtl.training.checkpoint import net_state_dict
 from bus_mtl.training.metrics import ECE_BINS, MALIGNANT, brier_score, calibration_error
 
 LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3] ≈ [0.05, 20]

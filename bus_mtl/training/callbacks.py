@@ -1,4 +1,5 @@
-"""Callbacks of a bus_mtl run: NaN guard, per-image CSV, W&B config, overlays, calibration."""
+"""Callbacks of a bus_mtl run: NaN guard, per-image CSV, W&B config (the validation overlays
+and the calibration have their own modules: ``visualization``, ``calibration``)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,14 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from bus_mtl.training.calibration import TemperatureCalibration
-from bus_mtl.training.visualization import ValidationImages
+from bus_mtl.training.metrics import PREDICTION_COLUMNS
 
 __all__ = [
     "FiniteLossGuard",
     "LoggedSaveConfigCallback",
     "PerImagePredictions",
-    "TemperatureCalibration",
-    "ValidationImages",
-    "PER_IMAGE_COLUMNS",
 ]
 
-PER_IMAGE_COLUMNS = ("id", "centre", "label", "prob", "dice", "iou", "hd95", "mask_area")
 # Written when the test part carried original-size masks: then dice/iou/hd95/mask_area are at
 # each image's original size and these hold the working-resolution values.
 INPUT_RES_COLUMNS = ("dice_input", "iou_input", "hd95_input", "mask_area_input")
@@ -109,7 +105,7 @@ class PerImagePredictions(Callback):
     ) -> None:
         if not isinstance(outputs, dict):
             return
-        names = [*PER_IMAGE_COLUMNS, *(c for c in INPUT_RES_COLUMNS if c in outputs)]
+        names = [*PREDICTION_COLUMNS, *(c for c in INPUT_RES_COLUMNS if c in outputs)]
         columns = {c: _to_list(outputs[c]) for c in names}
         for i in range(len(columns["id"])):
             self._rows.append({c: columns[c][i] for c in names})
@@ -134,7 +130,7 @@ class PerImagePredictions(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             extra = [c for c in INPUT_RES_COLUMNS if any(c in row for row in unique)]
-            writer = csv.DictWriter(f, fieldnames=[*PER_IMAGE_COLUMNS, *extra])
+            writer = csv.DictWriter(f, fieldnames=[*PREDICTION_COLUMNS, *extra])
             writer.writeheader()
             for row in unique:
                 writer.writerow({k: _format(v) for k, v in row.items()})

@@ -1,8 +1,8 @@
 """Checkpoint metadata (``checkpoint["bus_mtl"]``), written by ``MultiTaskModule``.
 
 Reading checkpoints and rebuilding their net live one layer down, in
-:mod:`bus_mtl.models.rebuild` (inference uses them without the training stack); they are
-re-exported here under their old names.
+:mod:`bus_mtl.models.rebuild` (``load_checkpoint``, ``load_net``, ``load_inference_net``):
+inference uses them without the training stack.
 """
 
 from __future__ import annotations
@@ -10,24 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from bus_mtl.data.sample import CLASS_NAMES
-from bus_mtl.models.rebuild import (
-    class_path_of,
-    load_checkpoint,
-    load_inference_net,
-    load_net,
-    net_config,
-    net_state_dict,
-)
+from bus_mtl.models.rebuild import class_path_of
 
-__all__ = [
-    "build_metadata",
-    "class_path_of",
-    "load_checkpoint",
-    "load_inference_net",
-    "load_net",
-    "net_config",
-    "net_state_dict",
-]
+__all__ = ["build_metadata"]
 
 
 def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
@@ -62,6 +47,9 @@ def build_metadata(module: Any, datamodule: Any | None) -> dict[str, Any]:
         "decision_threshold": float(module.decision_threshold),
         "threshold_rule": str(module.threshold_rule),
         "train_class_counts": module.class_counts,
+        # The prevalence the probabilities refer to (0.5 under the class-balanced loss):
+        # where a site's prior-shift correction starts from.
+        "source_prior": module.source_prior,
         "has_seg": bool(module.has_seg),
         "has_cls": bool(module.has_cls),
         # The test-time augmentation the fitted temperature/threshold and every validation

@@ -29,6 +29,7 @@ __all__ = [
     "DiceBCELoss",
     "FocalLoss",
     "IGNORE_LABEL",
+    "calibrated_prior",
 ]
 
 IGNORE_LABEL = -1
@@ -345,3 +346,35 @@ class CrossEntropyClassLoss(nn.Module):
         return F.cross_entropy(
             logits, labels.long(), weight=self.weight, label_smoothing=self.label_smoothing
         )
+
+
+def calibrated_prior(loss: nn.Module | None, counts: list[int] | tuple[int, ...]) -> float | None:
+    """The malignancy prevalence a binary class loss fits the probabilities to.
+
+    A loss that weights the malignant samples by ``w`` against the benign ones is minimised
+    by the posterior of a population whose prevalence is ``w π / (w π + 1 - π)``, with ``π``
+    the training part's malignant fraction: the class-balanced default (``pos_weight="auto"``)
+    trains for 0.5, not for ``π``. Prior-shift correction at a new site starts from this
+    value (Saerens et al. 2002). A temperature fitted afterwards rescales the logits but does
+    not move this prior. For the focal loss the focusing term also bends the probabilities,
+    so its value is the class weighting's part only.
+
+    Args:
+        loss: the module's class loss, its ``"auto"`` weights already resolved.
+        counts: ``(n_benign, n_malignant[, ...])`` of the training part.
+
+    Returns:
+        The prior in (0, 1); ``None`` for a loss that is not binary or counts without both
+        classes.
+    """
+    if len(counts) < 2 or counts[0] <= 0 or counts[1] <= 0:
+        return None
+    if isinstance(loss, BCEClassLoss):
+        weight = loss.resolved_pos_weight or 1.0
+    elif isinstance(loss, FocalLoss):
+        alpha = loss.resolved_alpha
+        weight = 1.0 if alpha is None or not 0.0 < alpha < 1.0 else alpha / (1.0 - alpha)
+    else:
+        return None
+    pi = counts[1] / (counts[0] + counts[1])
+    return float(weight * pi / (weight * pi + 1.0 - pi))

@@ -62,6 +62,7 @@ from bus_mtl.data.io import from_square, square_geometry
 __all__ = [
     "BINARY_METRICS",
     "ECE_BINS",
+    "PREDICTION_COLUMNS",
     "ClassificationMetrics",
     "SegmentationMetrics",
     "binary_metrics",
@@ -79,6 +80,9 @@ MALIGNANT = 1
 ECE_BINS = 15
 #: What :func:`binary_metrics` returns, in order.
 BINARY_METRICS = ("auc", "acc", "sensitivity", "specificity", "f1", "balanced_acc", "ece", "brier")
+#: One row per test image of ``test_predictions.csv`` (``PerImagePredictions`` writes it,
+#: :mod:`bus_mtl.experiments.results` reads it), in order.
+PREDICTION_COLUMNS = ("id", "centre", "label", "prob", "dice", "iou", "hd95", "mask_area")
 
 
 def _nanmean(x: Tensor) -> Tensor:

@@ -23,7 +23,12 @@ from bus_mtl.models.rebuild import (
 )
 from bus_mtl.models.tta import FlipTTA, check_tta, hflip_average, with_tta
 from bus_mtl.training.checkpoint import build_metadata
-from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss
+from bus_mtl.training.losses import (
+    BCEClassLoss,
+    CrossEntropyClassLoss,
+    DiceBCELoss,
+    calibrated_prior,
+)
 from bus_mtl.training.metrics import ClassificationMetrics, SegmentationMetrics
 from bus_mtl.training.reproducibility import collect_rng_states, seed_epoch, set_rng_states
 from bus_mtl.training.weighting import FixedWeighting
@@ -270,6 +275,14 @@ class MultiTaskModule(pl.LightningModule):
         self.operating_points: dict[str, dict[str, Any]] | None = None
         # (n_benign, n_malignant[, n_normal]) of the fold's training part, set in setup().
         self.class_counts: list[int] | None = None
+        self._build_metrics(threshold)
+        self._compiled: nn.Module | None = None
+        self._pending_rng_states: tuple[int, dict[str, Any]] | None = None
+        # The loss terms of the latest training step, for the FiniteLossGuard callback.
+        self.last_losses: dict[str, Tensor] = {}
+
+    def _build_metrics(self, threshold: float) -> None:
+        """``self.metrics`` (one collection per stage) and ``self.orig_size_metrics``."""
         # One collection per stage, cloned from one template: ``compute()`` merges the
         # members' dicts under the stage's prefix (``val/dice``, ``val/auc``, ...). The seg and
         # cls keys must never collide: MetricCollection would then rename every key. A head
@@ -303,10 +316,6 @@ class MultiTaskModule(pl.LightningModule):
             if self.has_seg
             else None
         )
-        self._compiled: nn.Module | None = None
-        self._pending_rng_states: tuple[int, dict[str, Any]] | None = None
-        # The loss terms of the latest training step, for the FiniteLossGuard callback.
-        self.last_losses: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ forward
     def setup(self, stage: str) -> None:
@@ -336,6 +345,15 @@ class MultiTaskModule(pl.LightningModule):
             return
         self.class_counts = list(counts("train"))
         resolve(self.class_counts[:k])
+
+    @property
+    def source_prior(self) -> float | None:
+        """The malignancy prevalence the class loss trained the probabilities for
+        (:func:`~bus_mtl.training.losses.calibrated_prior`); ``None`` before the training
+        part's class counts are known or for a loss that is not binary."""
+        if self.class_counts is None or self.num_classes != 1:
+            return None
+        return calibrated_prior(self.cls_loss, self.class_counts)
 
     def on_fit_start(self) -> None:
         weights = {

@@ -12,7 +12,7 @@ import yaml
 from bus_mtl.cli.lightning import resume_version
 from bus_mtl.cli.main import main
 from bus_mtl.models import list_variants
-from bus_mtl.training import load_net
+from bus_mtl.models.rebuild import load_net
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = PROJECT / "experiments"
@@ -20,7 +20,7 @@ EXPERIMENTS = PROJECT / "experiments"
 
 def tiny_data_args(synthetic_root: Path) -> list[str]:
     return [
-        "--config",
+        "--data.sources",
         str(EXPERIMENTS / "data" / "synthetic.yaml"),
         "--data.sources.init_args.n=32",
         "--data.sources.init_args.image_size=64",
@@ -77,19 +77,20 @@ def test_fast_dev_run_on_base_yaml(tmp_path, synthetic_root):
     assert code == 0
 
 
-def test_bad_config_value_names_the_key(tmp_path, synthetic_root):
-    with pytest.raises(ValueError, match="threshold"):
-        main(
-            [
-                "fit",
-                "--config",
-                str(EXPERIMENTS / "quickstart.yaml"),
-                *tiny_data_args(synthetic_root),
-                "--model.threshold=1.5",
-                "--trainer.fast_dev_run=true",
-                f"--trainer.default_root_dir={tmp_path}",
-            ]
-        )
+def test_bad_config_value_names_the_key(tmp_path, synthetic_root, capsys):
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "quickstart.yaml"),
+            *tiny_data_args(synthetic_root),
+            "--model.threshold=1.5",
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert code == 2
+    assert "threshold must be in (0, 1), got 1.5" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

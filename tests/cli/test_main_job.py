@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bus_mtl.cli import main_job
-from bus_mtl.training import load_net
+from bus_mtl.models.rebuild import load_net
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -91,7 +91,7 @@ def test_cross_class_groups_check_data_and_datamodule_agree(
         groups.setdefault(r["group"], set()).add(r["id"])
         assert Path(r["image"]).is_file()
     assert len(groups) == n_groups and len(rows) == n_images
-    assert {"busi/benign (333)", "busi/malignant (77)"} in groups.values()  # named in issue 10
+    assert {"busi/benign (333)", "busi/malignant (77)"} in groups.values()  # a known pair
     label = {r["id"]: r["label_name"] for r in rows}
     assert all({label[i] for i in g} == {"benign", "malignant"} for g in groups.values())
 

@@ -83,3 +83,21 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     small = write_png(tmp_path / "small_mask.png", np.zeros((4, 4), np.uint8), "L")
     with pytest.raises(DataError, match="small_mask.png.*differs"):
         read_masks([small], (6, 6))
+
+
+def test_an_unreadable_file_is_one_line_and_one_problem(tmp_path: Path) -> None:
+    """ImageReadError: one line for a predictor to print, one Problem for a collector, and it
+    survives a trip between processes."""
+    import pickle
+
+    from bus_mtl.data import ImageReadError
+
+    missing = tmp_path / "missing.png"
+    with pytest.raises(ImageReadError) as info:
+        read_image(missing)
+    err = info.value
+    assert str(err) == f"{missing}: file not found"
+    assert [(p.where, p.message) for p in err.problems] == [(str(missing), "file not found")]
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is ImageReadError and str(again) == str(err)
+    assert again.problems == err.problems

@@ -14,6 +14,7 @@ from bus_mtl.data import (
     phash,
 )
 from bus_mtl.data.duplicates import hamming_matrix
+from bus_mtl.data.splits import SplitSettings, leave_one_centre_out, make_split
 from tests.data.split_fixtures import make_groups, make_samples
 
 
@@ -114,3 +115,39 @@ def test_phash_and_groups() -> None:
     groups = group_samples(["a", "b", "c", "d", "e"], h, 10, {"c": "p1", "e": "p1"})
     assert groups == [["a", "b"], ["c", "e"]]
     assert group_samples(["a", "b"], h, -1) == []
+
+
+def test_make_split_is_the_split_its_settings_name(tmp_path: Path) -> None:
+    samples, groups = _samples(120), _groups(_samples(120))
+    common = dict(seed=5, val_fraction=0.2, dup_threshold=3)
+    kfold = make_split(samples, groups, SplitSettings(n_folds=4, **common))
+    assert kfold == kfold_split(samples, groups, 4, 5, 0.2, 3)
+    one = make_split(samples, groups, SplitSettings("by_centre", test_centres=["b"], **common))
+    assert one == by_centre_split(samples, ["b"], groups, 5, 0.2, 3)
+    every = make_split(samples, groups, SplitSettings("by_centre", **common))  # no centres
+    assert every == leave_one_centre_out(samples, groups, 5, 0.2, 3)
+    path = kfold.save(tmp_path / "split.json")
+    assert make_split(samples, groups, SplitSettings("file", split_file=str(path))) == kfold
+    # exclude: the folds split the images outside the hold-out; tune: train/val only.
+    held = make_split(samples, groups, SplitSettings(n_folds=4, tuning="exclude", **common))
+    assert held.tuning and not set(held.tuning) & {i for f in held.folds for i in f["test"]}
+    tune = make_split(samples, groups, SplitSettings(tuning="tune", **common))
+    assert tune.kind == "tuning" and tune.folds[0]["val"] == held.tuning
+    assert tune.folds[0]["test"] == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(kind="kfolds"), r"split: 'kfolds' is not one of \('kfold', 'by_centre', 'file'\)"),
+        (dict(n_folds=1), "n_folds: need at least 2, got 1"),
+        (dict(kind="file"), "split_file: required when split='file'"),
+        (dict(tuning="on"), "tuning: 'on' is not one of .* exclude in the cv run"),
+        (dict(tuning_fraction=1.0), r"tuning_fraction: must be in \(0, 1\), got 1.0"),
+        (dict(val_fraction=1.0), r"val_fraction: must be in \[0, 1\), got 1.0"),
+        (dict(dup_threshold=65), "dup_threshold: a 64-bit hash distance is at most 64"),
+    ],
+)
+def test_split_settings_name_the_bad_option(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SplitSettings(**settings)

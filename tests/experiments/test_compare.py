@@ -11,13 +11,9 @@ import pandas as pd
 import pytest
 
 from bus_mtl.cli.main import main as bus_mtl
-from bus_mtl.experiments.compare import (
-    DEFAULT_REFERENCE,
-    STAT_COLUMNS,
-    resolve_reference,
-    write_comparison,
-)
+from bus_mtl.experiments.compare import STAT_COLUMNS, resolve_reference, write_comparison
 from bus_mtl.experiments.stats import holm
+from bus_mtl.models import BEST_VARIANT
 
 
 def write_variant(vdir, ids, labels, probs, dice, folds):
@@ -75,9 +71,9 @@ def duplicated(tmp_path):
 
 
 def test_reference_default_given_and_rejected():
-    assert resolve_reference(["smp_unet", DEFAULT_REFERENCE])[0] == DEFAULT_REFERENCE
+    assert resolve_reference(["smp_unet", BEST_VARIANT])[0] == BEST_VARIANT
     name, rule = resolve_reference(["segresnet", "efficientnet"])
-    assert name == "segresnet" and "first variant given" in rule and DEFAULT_REFERENCE in rule
+    assert name == "segresnet" and "first variant given" in rule and BEST_VARIANT in rule
     assert resolve_reference(["a", "b"], "b") == ("b", "given with --reference")
     with pytest.raises(ValueError) as err:
         resolve_reference(["segresnet", "efficientnet"], "smp_unte")
@@ -103,20 +99,20 @@ def test_comparison_uses_groups_reference_and_holm(duplicated):
     write_split(out / "split.json", ids, folds, groups)
     table = write_comparison(out, folders, n_boot=300).set_index("variant")
     assert set(STAT_COLUMNS) <= set(table.columns)
-    assert (table["reference"] == DEFAULT_REFERENCE).all()
-    ref = table.loc[DEFAULT_REFERENCE]
+    assert (table["reference"] == BEST_VARIANT).all()
+    ref = table.loc[BEST_VARIANT]
     assert all(math.isnan(ref[c]) for c in STAT_COLUMNS if c.startswith(("p_", "delta_")))
-    others = table.drop(index=DEFAULT_REFERENCE)
+    others = table.drop(index=BEST_VARIANT)
     assert (others["n_auc_units"] == 60).all() and (others["n_auc_images"] == 180).all()
     assert (others["n_dice_units"] == 60).all()
     for col in ("p_dice_wilcoxon", "p_dice_bootstrap", "p_auc_delong", "p_auc_bootstrap"):
         np.testing.assert_allclose(others[f"{col}_holm"], holm(others[col].to_numpy()))
     md = (out / "compare.md").read_text()
-    assert f"Reference: `{DEFAULT_REFERENCE}` (the default: the paper's best variant" in md
+    assert f"Reference: `{BEST_VARIANT}` (the default: the paper's best variant" in md
     assert "60 units for 180 images; 60 near-duplicate groups hold 180 of them" in md
     assert "p AUC DeLong (raw / Holm)" in md and "Holm's step-down" in md
     stats = json.loads((out / "compare.json").read_text())["statistics"]
-    assert stats["reference"] == DEFAULT_REFERENCE and "p_auc_delong" in stats["columns"]
+    assert stats["reference"] == BEST_VARIANT and "p_auc_delong" in stats["columns"]
     joined = pd.read_csv(out / "per_image.csv")
     assert joined.groupby("group")["id"].count().eq(3).all() and len(joined) == 180
 
@@ -143,7 +139,7 @@ def test_given_reference_and_one_without_probabilities(duplicated):
     out, folders, *_ = duplicated
     table = write_comparison(out, folders, reference="smp_unet", n_boot=50)
     assert (table["reference"] == "smp_unet").all()
-    row = table.set_index("variant").loc[DEFAULT_REFERENCE]
+    row = table.set_index("variant").loc[BEST_VARIANT]
     assert np.isfinite(row["p_auc_delong"]) and row["delta_auc"] > 0  # vs the weaker one
     assert "(given with --reference;" in (out / "compare.md").read_text()
     with pytest.raises(ValueError, match="'nope' is not among the compared variants"):

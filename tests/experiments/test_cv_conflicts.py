@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import yaml
 
-from bus_mtl.experiments.cv import build_datamodule, fold_jobs, make_split, record_inputs
+from bus_mtl.experiments.cv import build_datamodule, fold_jobs, record_inputs, write_split
 from bus_mtl.experiments.results import CONFLICTS_CSV, write_cv_summary
 
 CONFLICT = ["busi/benign (2)", "busi/malignant (9)"]
@@ -36,11 +36,11 @@ def test_drop_conflicting_from_yaml(tmp_path, conflicting_busi_root):
     assert build_datamodule([cfg], ["--data.drop_conflicting=true"]).drop_conflicting is True
 
 
-def test_make_split_writes_conflicts_and_variants_get_a_copy(tmp_path, conflicting_busi_root):
+def test_write_split_writes_conflicts_and_variants_get_a_copy(tmp_path, conflicting_busi_root):
     cfg = _config(tmp_path, conflicting_busi_root)
     out = tmp_path / "cv"
     out.mkdir()
-    make_split([cfg], out / "split.json", "kfold", folds=3)
+    write_split(build_datamodule([cfg]), out / "split.json", "kfold", folds=3)
     table = pd.read_csv(out / CONFLICTS_CSV, dtype={"test_fold": str})
     assert list(table["id"]) == CONFLICT and set(table["label_name"]) == {"benign", "malignant"}
     folds = json.loads((out / "split.json").read_text())["folds"]

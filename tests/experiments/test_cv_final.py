@@ -13,8 +13,9 @@ import yaml
 import bus_mtl.experiments.compare as compare
 import bus_mtl.experiments.cv as cv
 from bus_mtl.cli.main import main as bus_mtl
-from bus_mtl.experiments.cv import PROTOCOL_RECORD, TuningLeak, finish, run_cv
+from bus_mtl.experiments.cv import finish, run_cv
 from bus_mtl.experiments.protocol import GENERAL, PAST_CHOICES, exposed_choices
+from bus_mtl.experiments.tuning import PROTOCOL_RECORD, TuningLeak
 
 # What a fold's config.yaml holds when it ran the CPU recipe (the parts the record reads).
 CPU_RECIPE = {
@@ -30,7 +31,7 @@ CPU_RECIPE = {
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"},
             {
-                "class_path": "bus_mtl.training.callbacks.TemperatureCalibration",
+                "class_path": "bus_mtl.training.TemperatureCalibration",
                 "init_args": {"threshold_rule": "youden_binormal"},
             },
         ]

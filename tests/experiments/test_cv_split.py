@@ -1,13 +1,18 @@
-"""The split the runners compute once: k-fold and the cross-centre (by_centre) protocol."""
+"""The split the runners compute once: k-fold and the cross-centre (by_centre) protocol,
+drawn by the data module's :func:`~bus_mtl.data.splits.make_split`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from bus_mtl.experiments.cv import fold_jobs, fold_names_for, make_split
+from bus_mtl import configs
+from bus_mtl.experiments.cv import build_datamodule, fold_jobs, fold_names_for, write_split
+
+SPLITS = Path(__file__).resolve().parents[2] / "experiments" / "splits"
 
 
 def data_config(tmp_path, centres):
@@ -40,7 +45,7 @@ def data_config(tmp_path, centres):
 
 def test_by_centre_split_has_one_fold_per_direction(tmp_path):
     cfg = data_config(tmp_path, {"busi": 12, "udiat": 8})
-    info = make_split([cfg], tmp_path / "split.json", "by_centre")
+    info = write_split(build_datamodule([cfg]), tmp_path / "split.json", "by_centre")
     assert info["fold_names"] == ["udiat→busi", "busi→udiat"]
     split = json.loads((tmp_path / "split.json").read_text())
     for fold, test_centre, n_test in zip(split["folds"], ["busi", "udiat"], [12, 8]):
@@ -56,7 +61,8 @@ def test_by_centre_split_has_one_fold_per_direction(tmp_path):
 
 def test_kfold_split_partitions_the_data(tmp_path):
     cfg = data_config(tmp_path, {"busi": 15})
-    make_split([cfg], tmp_path / "split.json", "kfold", folds=3, extra=["--data.seed=5"])
+    dm = build_datamodule([cfg], ["--data.seed=5"])
+    write_split(dm, tmp_path / "split.json", "kfold", folds=3)
     split = json.loads((tmp_path / "split.json").read_text())
     tests = [set(f["test"]) for f in split["folds"]]
     assert sum(len(t) for t in tests) == 15 and len(set().union(*tests)) == 15
@@ -66,4 +72,39 @@ def test_kfold_split_partitions_the_data(tmp_path):
 def test_by_centre_needs_two_centres(tmp_path):
     cfg = data_config(tmp_path, {"busi": 10})
     with pytest.raises(ValueError, match="two centres"):
-        make_split([cfg], tmp_path / "split.json", "by_centre")
+        write_split(build_datamodule([cfg]), tmp_path / "split.json", "by_centre")
+
+
+@pytest.mark.parametrize("extra", [[], ["--data.tuning=exclude"]])
+def test_cv_split_is_the_data_modules_split(tmp_path, extra):
+    """cv's split.json is the split a data module with the same options draws in setup()."""
+    cfg = data_config(tmp_path, {"busi": 15, "udiat": 9})
+    options = ["--data.n_folds=3", "--data.fold=2", *extra]
+    write_split(build_datamodule([cfg], options), tmp_path / "split.json", "kfold", folds=3)
+    dm = build_datamodule([cfg], options)
+    dm.setup("fit")
+    assert json.loads((tmp_path / "split.json").read_text()) == dm.split.to_dict()
+    # by_centre: cv's fold k is the data module's split that tests on centre k.
+    write_split(build_datamodule([cfg], extra), tmp_path / "centres.json", "by_centre")
+    folds = json.loads((tmp_path / "centres.json").read_text())["folds"]
+    for fold, centre in zip(folds, ["busi", "udiat"]):
+        by_centre = ["--data.split=by_centre", f'--data.test_centres=["{centre}"]']
+        dm = build_datamodule([cfg], [*extra, *by_centre])
+        dm.setup("fit")
+        assert dm.split.folds == [fold]
+
+
+@pytest.mark.busi
+def test_cv_draws_the_committed_busi_split_and_holdout(tmp_path, busi_root):
+    """experiments/splits/busi_5fold_seed42_v2.json, and the tuning hold-out of
+    busi_tuning_seed42.json, are what cv draws today from the BUSI preset."""
+    cfgs = [str(configs.preset("base.yaml")), str(configs.preset("busi_5fold.yaml"))]
+    extra = ["--data.image_size=64", f"--data.sources.init_args.root={busi_root}"]
+    write_split(build_datamodule(cfgs, extra), tmp_path / "split.json", "kfold", folds=5)
+    committed = json.loads((SPLITS / "busi_5fold_seed42_v2.json").read_text())
+    assert json.loads((tmp_path / "split.json").read_text()) == committed
+    dm = build_datamodule(cfgs, [*extra, "--data.tuning=exclude"])
+    write_split(dm, tmp_path / "held.json", "kfold", folds=5)
+    held = json.loads((tmp_path / "held.json").read_text())
+    record = json.loads((SPLITS / "busi_tuning_seed42.json").read_text())
+    assert held["tuning"] == record["ids"] and held["tuning_fingerprint"] == record["fingerprint"]

@@ -14,15 +14,8 @@ import yaml
 import bus_mtl.experiments.cv as cv
 from bus_mtl.cli.main import main as bus_mtl
 from bus_mtl.data.splits import tuning_fingerprint
-from bus_mtl.experiments.cv import (
-    TUNED_BY,
-    TuningLeak,
-    build_datamodule,
-    finish,
-    load_tuned,
-    make_split,
-    run_cv,
-)
+from bus_mtl.experiments.cv import build_datamodule, finish, run_cv, write_split
+from bus_mtl.experiments.tuning import TUNED_BY, TuningLeak, load_tuned
 
 
 @pytest.fixture
@@ -64,7 +57,7 @@ def sweep_record(tmp_path, data_cfg):
 
 def _exclude_split(folder, cfg, extra=("--data.tuning=exclude",)):
     folder.mkdir(parents=True, exist_ok=True)
-    make_split([cfg], folder / "split.json", "kfold", folds=3, extra=list(extra))
+    write_split(build_datamodule([cfg], list(extra)), folder / "split.json", "kfold", folds=3)
     return json.loads((folder / "split.json").read_text())
 
 
@@ -103,7 +96,7 @@ def test_cv_refuses_a_sweep_trial_config(tmp_path, data_cfg, no_folds):
     with pytest.raises(TuningLeak, match="--data.tuning=exclude"):
         run_cv([str(tmp_path / "trial.yaml")], tmp_path / "cv", folds=3)
     with pytest.raises(TuningLeak, match="'tune'"):
-        make_split([str(tmp_path / "trial.yaml")], tmp_path / "s.json")
+        write_split(build_datamodule([str(tmp_path / "trial.yaml")]), tmp_path / "s.json")
     assert not no_folds and not (tmp_path / "cv" / "split.json").exists()
 
 

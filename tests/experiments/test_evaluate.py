@@ -319,6 +319,16 @@ def test_referral_curve_recomputed_from_the_csv(cli_run, decision_threshold):
     assert m["referral"][0]["auc"] == pytest.approx(m["auc"], abs=1e-6)
 
 
+def test_tta_option_is_the_networks_as_in_predict_and_export(tta_ckpt, manifest, tmp_path, capsys):
+    """``--tta none`` asks for the single pass with its own operating point, which this
+    checkpoint was not calibrated for: refused in one line naming the modes it has."""
+    argv = ["evaluate", "--ckpt", str(tta_ckpt), "--manifest", str(manifest)]
+    assert bus_mtl([*argv, "--out", str(tmp_path / "none"), "--tta", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "['hflip'] only, not 'none'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()
+
+
 def test_threshold_override_is_used(ckpt, manifest, tmp_path, capsys):
     out = tmp_path / "t02"
     argv = ["evaluate", "--ckpt", str(ckpt), "--manifest", str(manifest), "--out", str(out)]
@@ -410,15 +420,20 @@ def test_tta_checkpoint_predicts_the_flip_average_and_its_onnx_has_no_views(
     assert not (tmp_path / "onnx" / "referral.png").exists()
 
 
-def test_source_preset_as_data_sources_or_config(ckpt, manifest, tmp_path, capsys):
+def test_source_preset_with_data_sources_not_config(ckpt, manifest, tmp_path, capsys):
     preset = tmp_path / "external.yaml"
     preset.write_text(f"class_path: bus_mtl.data.ManifestSource\ninit_args:\n  csv: {manifest}\n")
-    for option in ("--data.sources", "--config"):
-        out = tmp_path / option.strip("-")
-        argv = ["evaluate", "--ckpt", str(ckpt), option, str(preset), "--out", str(out)]
-        assert bus_mtl([*argv, "--n-boot", "50", "--no-progress"]) == 0
-        m = _metrics(out)
-        assert m["n"] == N_IMAGES and m["name"] == "external"
+    out = tmp_path / "external"
+    argv = ["evaluate", "--ckpt", str(ckpt), "--data.sources", str(preset), "--out", str(out)]
+    assert bus_mtl([*argv, "--n-boot", "50", "--no-progress"]) == 0
+    m = _metrics(out)
+    assert m["n"] == N_IMAGES and m["name"] == "external"
+    # --config is for config files: a source preset there is one line naming the option.
+    capsys.readouterr()
+    argv = ["evaluate", "--ckpt", str(ckpt), "--config", str(preset), "--out", str(out)]
+    assert bus_mtl(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"give it with --data.sources {preset}" in err
     # --data.* options apply to the preset.
     other = tmp_path / "elsewhere.csv"
     argv = ["evaluate", "--ckpt", str(ckpt), "--data.sources", str(preset)]
@@ -450,7 +465,7 @@ def _run_bad(ckpt: Path, csv_path: Path, tmp_path: Path, capsys) -> str:
 def test_missing_manifest_is_one_line_naming_it(ckpt, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "manifest.csv"
     err = _run_bad(ckpt, missing, tmp_path, capsys)
-    assert err == f"bus-mtl evaluate: {missing}: manifest CSV not found"
+    assert err == f"bus-mtl evaluate: error: {missing}: manifest CSV not found"
 
 
 def test_unknown_label_is_one_line_naming_the_row(ckpt, manifest, tmp_path, capsys):
@@ -477,7 +492,7 @@ def test_wrong_size_mask_is_one_line_naming_the_mask(ckpt, manifest, tmp_path, c
     bad_mask = folder / "case06_tumor.png"
     cv2.imwrite(str(bad_mask), np.zeros((10, 12), np.uint8))
     err = _run_bad(ckpt, folder / "manifest.csv", tmp_path, capsys)
-    assert err.startswith(f"bus-mtl evaluate: {bad_mask}: mask size 12x10 (WxH) differs")
+    assert err.startswith(f"bus-mtl evaluate: error: {bad_mask}: mask size 12x10 (WxH) differs")
 
 
 def test_format_table_puts_rows_side_by_side():

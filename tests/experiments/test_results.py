@@ -15,10 +15,10 @@ from bus_mtl.experiments.results import (
     pooled_metrics,
     read_fold_metrics,
     read_predictions,
-    reliability_bins,
     summarize_folds,
     write_cv_summary,
 )
+from bus_mtl.training.metrics import reliability_bins
 
 
 def make_fold(root, k, metrics, preds, params=1000):

@@ -15,8 +15,6 @@ from bus_mtl.experiments.sweep import build_command, load_sweep, suggest, valida
 
 from .conftest import ROOT, TINY_TRAINER
 
-VARIANT = "experiments/variants/segresnet.yaml"
-
 
 def _variant(name: str) -> str:
     path = ROOT / "experiments" / "variants" / f"{name}.yaml"
@@ -33,9 +31,9 @@ def test_cv_writes_results_and_resumes_only_the_broken_fold(tiny_data_config, tm
         "--config",
         "experiments/base.yaml",
         "--config",
-        _variant("segresnet"),
-        "--config",
         str(tiny_data_config),
+        "--model.net",
+        _variant("segresnet"),
         "--folds",
         "2",
         "--out",
@@ -79,7 +77,8 @@ def test_cv_writes_results_and_resumes_only_the_broken_fold(tiny_data_config, tm
     record.pop("test")
     (out / "fold_1" / "run.json").write_text(json.dumps(record))
     # The rerun goes one fold at a time, in this process (the first ran folds as subprocesses).
-    rerun = [*argv[: argv.index("--parallel")], "--parallel", "1", *argv[argv.index("2") + 1 :]]
+    at = argv.index("--parallel")
+    rerun = [*argv[:at], "--parallel", "1", *argv[at + 2 :]]
     assert bus_mtl(rerun) == 0
     assert (out / "fold_0" / "metrics.json").stat().st_mtime_ns == done0
     assert (out / "fold_1" / "DONE").is_file()
@@ -136,7 +135,7 @@ def test_sampled_trial_command_runs_fast_dev_run(tiny_data_config, tmp_path):
     extra = [
         "--config",
         str(tiny_data_config),
-        "--config",
+        "--model.net",
         _variant("segresnet"),
         "--trainer.fast_dev_run=true",
         "--trainer.accelerator=cpu",
@@ -180,7 +179,7 @@ def test_local_sweep_completes_two_trials(tiny_data_config, tmp_path):
     validate_sweep(sweep)
     out = tmp_path / "sweep"
     argv = ["sweep", str(path), "--trials", "2", "--out", str(out), "--"]
-    argv += ["--config", _variant("segresnet"), "--config", str(tiny_data_config), *TINY_TRAINER]
+    argv += ["--config", str(tiny_data_config), "--model.net", _variant("segresnet"), *TINY_TRAINER]
     assert bus_mtl(argv) == 0
     ranked = pd.read_csv(out / "ranked.csv")
     assert len(ranked) == 2 and (ranked["state"] == "COMPLETE").all()

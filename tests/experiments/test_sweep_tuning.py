@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from bus_mtl.data.splits import tuning_fingerprint
-from bus_mtl.experiments.cv import load_tuned
 from bus_mtl.experiments.sweep import TUNE_ARG, SweepError, run_local_sweep, validate_sweep
+from bus_mtl.experiments.tuning import load_tuned
 
 # A trial: records its argv, a run folder's split.json with the hold-out (as
 # LoggedSaveConfigCallback saves it beside config.yaml) and the RunRecorder JSON.

@@ -33,7 +33,7 @@ def test_onnx_round_trip_metadata_and_outputs(mtl_ckpt, mtl_onnx):
     import onnx
     import onnxruntime as ort
 
-    from bus_mtl.training import load_net
+    from bus_mtl.models.rebuild import load_net
 
     meta = _checkpoint_meta(mtl_ckpt)
     props = {p.key: p.value for p in onnx.load(str(mtl_onnx)).metadata_props}
@@ -59,7 +59,7 @@ def test_onnx_round_trip_metadata_and_outputs(mtl_ckpt, mtl_onnx):
 @pytest.mark.slow
 def test_torchscript_round_trip(mtl_ckpt, tmp_path, capsys):
     from bus_mtl.cli.main import main
-    from bus_mtl.training import load_net
+    from bus_mtl.models.rebuild import load_net
 
     out = tmp_path / "model.pt"
     assert (

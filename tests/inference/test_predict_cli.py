@@ -188,7 +188,7 @@ def test_overlay_draws_contour_and_text():
 def test_uncertainty_column_is_the_flip_views_disagreement(mtl_ckpt, odd_images, tmp_path):
     """The model runs no TTA: predict also runs the mirror for the uncertainty, and the
     prediction itself stays the single pass's."""
-    from bus_mtl.inference.preprocess import read_image
+    from bus_mtl.data.io import read_image
     from bus_mtl.inference.torch_predictor import TorchPredictor
 
     out = tmp_path / "out"

@@ -63,7 +63,7 @@ def test_probability_is_temperature_scaled_training_logit(mtl_ckpt, mtl_onnx, od
 
     from bus_mtl.data.io import read_image, resize_pair
     from bus_mtl.data.transforms import build_transform
-    from bus_mtl.training import load_net
+    from bus_mtl.models.rebuild import load_net
 
     net, meta = load_net(mtl_ckpt)
     img = read_image(odd_images["rgb"])
@@ -77,16 +77,27 @@ def test_probability_is_temperature_scaled_training_logit(mtl_ckpt, mtl_onnx, od
     assert abs(r.probability - float(expit(logit))) > 1e-6 or abs(logit) < 1e-3
 
 
-def test_flip_tta_averages_with_mirror(mtl_onnx, odd_images):
+def test_mirror_average_averages_the_probabilities(mtl_onnx, odd_images):
     p = Predictor(mtl_onnx)
     img = cv2.imread(str(odd_images["gray"]), cv2.IMREAD_GRAYSCALE)
     plain, mirrored = p.predict(img), p.predict(img[:, ::-1].copy())
-    tta = p.predict(img, tta=True)
+    averaged = p.predict(img, mirror_average=True)
     np.testing.assert_allclose(
-        tta.mask_prob, (plain.mask_prob + mirrored.mask_prob[:, ::-1]) / 2, atol=1e-4
+        averaged.mask_prob, (plain.mask_prob + mirrored.mask_prob[:, ::-1]) / 2, atol=1e-4
     )
-    assert tta.probability == pytest.approx((plain.probability + mirrored.probability) / 2)
-    assert Predictor(mtl_onnx, tta=True).predict(img).probability == tta.probability
+    assert averaged.probability == pytest.approx((plain.probability + mirrored.probability) / 2)
+    by_default = Predictor(mtl_onnx, mirror_average=True).predict(img)
+    assert by_default.probability == averaged.probability
+
+
+def test_predictor_tta_names_the_export_fix(mtl_onnx):
+    """``tta`` means the network's augmentation, as everywhere: an export runs the one it
+    was exported with, and asking for another names the fix."""
+    assert Predictor(mtl_onnx, tta="none").info.tta == "none"
+    with pytest.raises(ValueError, match=r"runs test-time augmentation 'none'.*--tta hflip"):
+        Predictor(mtl_onnx, tta="hflip")
+    with pytest.raises(ValueError, match=r"one of \('none', 'hflip'\).*'flip'"):
+        Predictor(mtl_onnx, tta="flip")
 
 
 def _read_csv(path):
@@ -95,12 +106,12 @@ def _read_csv(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tta", ["none", "flip"])
-def test_predictor_agrees_with_predict_ckpt(mtl_ckpt, mtl_onnx, odd_images, tmp_path, tta):
+@pytest.mark.parametrize("mirror", [[], ["--mirror-average"]], ids=["plain", "mirror"])
+def test_predictor_agrees_with_predict_ckpt(mtl_ckpt, mtl_onnx, odd_images, tmp_path, mirror):
     from bus_mtl.cli.main import main
 
     files = [str(p) for p in odd_images.values()]
-    common = ["--input", *files, "--tta", tta, "--no-progress"]
+    common = ["--input", *files, "--tta", "none", *mirror, "--no-progress"]
     assert (
         main(["predict", "--ckpt", str(mtl_ckpt), "--output", str(tmp_path / "pt"), *common]) == 0
     )

@@ -8,16 +8,10 @@ import pytest
 from scipy.special import expit
 from scipy.special import softmax as scipy_softmax
 
+from bus_mtl.data.errors import ImageReadError
+from bus_mtl.data.io import fit_to_square, read_image
 from bus_mtl.inference.metadata import ModelInfo
-from bus_mtl.inference.preprocess import (
-    ImageReadError,
-    class_probabilities,
-    mask_to_original,
-    preprocess,
-    read_image,
-    resize_image,
-    to_gray,
-)
+from bus_mtl.inference.preprocess import class_probabilities, mask_to_original, preprocess, to_gray
 
 
 @pytest.fixture
@@ -29,22 +23,24 @@ def image_files(tmp_path, odd_images):
     return [*odd_images.values(), p16]
 
 
-def test_read_image_matches_training_reader(image_files):
-    from bus_mtl.data.io import read_image as training_read_image
+def test_inference_reads_files_with_the_training_reader(image_files):
+    """One reader: the predictors decode a file as training did, any PNG mode to H×W uint8."""
+    from bus_mtl.inference import predict, predictor
 
+    assert predictor.read_image is read_image and predict.read_image is read_image
     for path in image_files:
-        ours = read_image(path)
-        assert ours.dtype == np.uint8 and ours.ndim == 2, path
-        np.testing.assert_array_equal(ours, training_read_image(path), err_msg=str(path))
+        gray = read_image(path)
+        assert gray.dtype == np.uint8 and gray.ndim == 2, path
 
 
 @pytest.mark.parametrize("shape", [(97, 131), (300, 280), (40, 500)])
-def test_resize_matches_training_cache(shape):
+def test_preprocess_resizes_as_the_training_cache(shape):
     from bus_mtl.data.io import resize_pair
 
     img = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
     expected, _ = resize_pair(img, np.zeros_like(img), 64)
-    np.testing.assert_array_equal(resize_image(img, 64), expected)
+    x = preprocess(img, ModelInfo(image_size=64, mean=0.0, std=1.0))
+    np.testing.assert_allclose(x[0, 0] * 255.0, expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -55,7 +51,7 @@ def test_preprocess_matches_training_normalisation(in_channels):
     info = ModelInfo(image_size=64, in_channels=in_channels, mean=0.31, std=0.17)
     x = preprocess(img, info)
     assert x.shape == (1, in_channels, 64, 64) and x.dtype == np.float32
-    resized = resize_image(img, 64)
+    resized = fit_to_square(img, 64)[0]
     expected = build_transform("none", 0.31, 0.17)(image=resized)["image"]
     for c in range(in_channels):
         np.testing.assert_allclose(x[0, c], expected, atol=1e-5)

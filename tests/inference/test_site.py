@@ -211,7 +211,7 @@ def test_site_model_gives_every_mode_of_a_tta_checkpoint_from_one_pass(
     logits = model.logits(cases.images[:5], batch_size=2)
     for mode, predictor in (
         ("hflip", TorchPredictor.from_checkpoint(tta_ckpt)),
-        ("none", TorchPredictor.from_checkpoint(tta_ckpt, net_tta="none")),
+        ("none", TorchPredictor.from_checkpoint(tta_ckpt, tta="none")),
     ):
         probs = [predictor.predict_gray(g).probability for g in cases.images[:5]]
         t = model.operating_point(mode)["temperature"]
@@ -228,7 +228,7 @@ def test_site_model_gives_every_mode_of_a_tta_checkpoint_from_one_pass(
     assert meta["operating_points"]["none"]["decision_threshold"] == 0.1
     assert float(written["state_dict"]["decision_threshold"]) == pytest.approx(0.2)
     assert meta[SITE_RECORD_KEY]["previous"]["none"]["decision_threshold"] == 0.3
-    assert TorchPredictor.from_checkpoint(out, net_tta="none").decision_threshold == 0.1
+    assert TorchPredictor.from_checkpoint(out, tta="none").decision_threshold == 0.1
     with pytest.raises(ValueError, match="is the model being calibrated"):
         write_site_checkpoint(out, out, points, {})
 
@@ -240,7 +240,7 @@ def test_site_model_of_an_onnx_export(mtl_ckpt, mtl_onnx, synthetic_root, tmp_pa
     eager = SiteModel.load(ckpt=mtl_ckpt).logits(cases.images[:4])["none"]
     model = SiteModel.load(model=mtl_onnx)
     np.testing.assert_allclose(model.logits(cases.images[:4])["none"], eager, atol=1e-4)
-    assert model.source_prior() is None
+    assert model.source_prior() == pytest.approx(0.5)  # the export keeps the checkpoint's
     with pytest.raises(ValueError, match="an ONNX export has folded"):
         model.adapt_batchnorm(cases.images)
     point = {"temperature": 0.9, "decision_threshold": 0.6, "threshold_rule": "r @ x"}

@@ -4,7 +4,6 @@ used by predict and export with no flag; the measurement script on the synthetic
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -23,7 +22,6 @@ from bus_mtl.experiments.site_calibration import (
 from bus_mtl.inference.site_adaptation import SITE_RECORD_KEY, PriorShift, em_prior_shift
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -49,10 +47,11 @@ def ranked_ckpt(tmp_path_factory, mtl_ckpt, synthetic_root):
     """``mtl_ckpt`` with BatchNorm statistics of the synthetic images (torch's ``update_bn``):
     after two training steps the stored ones give every image the same logit, which leaves
     no ranking to calibrate."""
-    from bus_mtl.inference.preprocess import preprocess, read_image
-    from bus_mtl.inference.torch_predictor import load_checkpoint
+    from bus_mtl.data.io import read_image
+    from bus_mtl.inference.preprocess import preprocess
+    from bus_mtl.inference.torch_predictor import load_net_and_info
 
-    net, info = load_checkpoint(mtl_ckpt)
+    net, info = load_net_and_info(mtl_ckpt)
     files = [synthetic_root / r["image"] for r in _rows(synthetic_root / "manifest.csv")]
     inputs = np.concatenate([preprocess(read_image(f), info) for f in files])
     torch.optim.swa_utils.update_bn(
@@ -229,8 +228,14 @@ def test_unlabelled_both_on_a_checkpoint_and_prior_on_an_export_needs_the_source
         main([*onnx_args, "--out", str(tmp_path / "x.onnx")])
     assert "--unlabelled needs --adapt prior, bn or both" in capsys.readouterr().err
     onnx_args += ["--adapt", "prior"]
-    assert main([*onnx_args, "--out", str(tmp_path / "a.onnx")]) == 2
-    assert "--source-prior" in capsys.readouterr().err
+    # A checkpoint written before the source prior was recorded: the user must give it.
+    legacy = torch.load(mtl_ckpt, map_location="cpu", weights_only=True)
+    del legacy["bus_mtl"]["source_prior"]
+    torch.save(legacy, tmp_path / "legacy.ckpt")
+    legacy_args = ["calibrate", "--ckpt", str(tmp_path / "legacy.ckpt"), "--manifest", manifest]
+    legacy_args += ["--unlabelled", "--adapt", "prior", "--out", str(tmp_path / "a.ckpt")]
+    assert main(legacy_args) == 2
+    assert "--source-prior 0.5 for the default class-balanced loss" in capsys.readouterr().err
     assert main([*onnx_args, "--out", str(tmp_path / "b.onnx"), "--adapt", "bn"]) == 2
     assert "adapt the checkpoint (--ckpt)" in capsys.readouterr().err
     # Every probability of this net is above 0.3: EM runs to a prevalence of 1, refused.
@@ -306,17 +311,13 @@ def test_calibrate_cli_rejects_an_unknown_rule(mtl_ckpt, tmp_path, capsys):
     assert exit_.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
-def test_measurement_script_runs_once_and_reuses_its_logits(
+def test_site_calibration_bench_runs_once_and_reuses_its_logits(
     ranked_ckpt, synthetic_root, tmp_path, capsys
 ):
-    spec = importlib.util.spec_from_file_location(
-        "site_script", PROJECT / "experiments" / "site_calibration.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    args = ["--ckpt", str(ranked_ckpt), "--manifest", str(synthetic_root / "manifest.csv")]
+    args = ["bench", "site-calibration", "--ckpt", str(ranked_ckpt)]
+    args += ["--manifest", str(synthetic_root / "manifest.csv")]
     args += ["--out", str(tmp_path), "--ks", "8", "12", "--draws", "3"]
-    assert script.main(args) == 0
+    assert main(args) == 0
     first = json.loads((tmp_path / "summary.json").read_text())
     methods = [r["method"] for r in first["rows"]]
     assert methods == [
@@ -335,7 +336,7 @@ def test_measurement_script_runs_once_and_reuses_its_logits(
     )
     assert len(_rows(tmp_path / "draws.csv")) == 6 and not first["logits_cached"]
     assert "| refit on k=12 labelled | 12 | 20 |" in capsys.readouterr().out
-    assert script.main(args) == 0
+    assert main(args) == 0
     second = json.loads((tmp_path / "summary.json").read_text())
     assert second["logits_cached"] and second["rows"] == first["rows"]
 

@@ -91,8 +91,9 @@ def test_predictors_of_a_tta_checkpoint_run_the_flip(mtl_ckpt, tta_ckpt, tta_onn
     # The calibrated probability of the flip-averaged logit.
     net, meta = load_net(tta_ckpt)
     assert meta["temperature"] == pytest.approx(TEMPERATURE)
-    # The predictor's own --tta flip adds nothing to a model that has the flip inside.
-    assert Predictor(tta_onnx.path, tta=True).predict(image).probability == p_onnx.probability
+    # The predictor's --mirror-average adds nothing to a model that has the flip inside.
+    averaged = Predictor(tta_onnx.path, mirror_average=True).predict(image)
+    assert averaged.probability == p_onnx.probability
     plain = TorchPredictor.from_checkpoint(mtl_ckpt).predict(image)
     assert not np.allclose(plain.mask_prob, p_eager.mask_prob, atol=1e-4)
 
@@ -136,6 +137,8 @@ def test_bench_inference_times_the_tta_checkpoint_with_its_flip(tta_ckpt):
     row = bench.Row("seg_features_effnet", "eager", 1.0, 64, median_ms=2.0, tta="hflip")
     row.speedup = 1.0
     assert "seg_features_effnet+hflip" in bench.format_table([row])
+    # One option name for the network's test-time augmentation, as in predict/export/evaluate.
+    assert bench.build_parser().parse_args(["--tta", "none"]).tta == "none"
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +175,7 @@ def test_the_single_pass_of_a_tta_checkpoint_exports_with_its_own_operating_poin
     mask, logits = session.run(["mask", "logits"], {"image": x.numpy()})
     assert np.abs(logits - bare.logits.numpy()).max() <= 1e-4  # one pass, no mirror
     # Eager at the same mode: same probabilities, and the gate accepts the pair.
-    eager = TorchPredictor.from_checkpoint(tta_ckpt_with_single_pass, net_tta="none")
+    eager = TorchPredictor.from_checkpoint(tta_ckpt_with_single_pass, tta="none")
     assert not isinstance(eager.net, FlipTTA) and eager.info.temperature == 2.5
     deployed = Predictor(report.path)
     image = odd_images["gray"]
@@ -193,6 +196,15 @@ def test_the_single_pass_of_a_tta_checkpoint_exports_with_its_own_operating_poin
     assert main([*argv, "--tta", "none"]) == 0
     assert Predictor(out).info.tta == "none"
     assert main(["export", "--ckpt", str(tta_ckpt), "--output", str(out), "--tta", "none"]) == 2
+    # bus-mtl predict's --tta is the same option: the single pass of the checkpoint, at its
+    # own operating point; an export runs the mode it was exported with, and says so.
+    pred = ["predict", "--input", str(image), "--no-progress", "--output"]
+    ckpt = ["--ckpt", str(tta_ckpt_with_single_pass)]
+    assert main([*pred, str(tmp_path / "p"), *ckpt, "--tta", "none"]) == 0
+    with (tmp_path / "p" / "predictions.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["probability"]) == pytest.approx(eager.predict(image).probability, abs=1e-5)
+    assert main([*pred, str(tmp_path / "q"), "--model", str(out), "--tta", "hflip"]) == 2
 
 
 def test_bench_inference_times_the_single_pass_on_request(tta_ckpt_with_single_pass):

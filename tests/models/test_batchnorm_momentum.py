@@ -1,4 +1,4 @@
-"""BatchNorm running statistics keep up with training (issue 9).
+"""BatchNorm running statistics keep up with training.
 
 efficientnet-pytorch (and smp's EfficientNet encoders) carry TensorFlow's
 ``batch_norm_momentum=0.99``, i.e. PyTorch momentum 0.01: after a few hundred steps the

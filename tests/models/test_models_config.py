@@ -107,5 +107,3 @@ def test_a_call_that_cannot_be_replayed_is_named():
     local = Positional()  # replayable, but not importable from a checkpoint
     with pytest.raises(ValueError, match=r"defined inside a function.*module level"):
         net_config(local)
-    with pytest.warns(DeprecationWarning, match="store_init_args is deprecated"):
-        SegResNetOnly(init_filters=8).store_init_args({})

@@ -37,7 +37,7 @@ def _check(net, out, batch, in_channels, size, num_classes):
         assert out.logits is None
 
 
-def test_registry_lists_the_issue_variants():
+def test_registry_lists_every_variant_in_order():
     assert list_variants() == [
         "segresnet",
         "efficientnet",

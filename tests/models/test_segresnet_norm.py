@@ -1,5 +1,5 @@
 """SegResNet's normalisation is a choice (``norm``): GroupNorm (the paper's) or BatchNorm,
-which folds into the convolutions of a deployed model (issue 12)."""
+which folds into the convolutions of a deployed model."""
 
 from __future__ import annotations
 

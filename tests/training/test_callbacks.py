@@ -14,6 +14,7 @@ from PIL import Image
 
 from bus_mtl.data import BUSDataModule, SyntheticSource
 from bus_mtl.models import SharedEncoder
+from bus_mtl.models.rebuild import load_checkpoint
 from bus_mtl.training.calibration import (
     TemperatureCalibration,
     brier_skill_score,
@@ -21,7 +22,6 @@ from bus_mtl.training.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
-from bus_mtl.training.checkpoint import load_checkpoint
 from bus_mtl.training.module import MultiTaskModule
 from bus_mtl.training.visualization import ValidationImages
 

@@ -13,7 +13,13 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import nn
 
-from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss, FocalLoss
+from bus_mtl.training.losses import (
+    BCEClassLoss,
+    CrossEntropyClassLoss,
+    DiceBCELoss,
+    FocalLoss,
+    calibrated_prior,
+)
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 SMOOTH = 1e-5
@@ -240,3 +246,43 @@ def test_auto_class_weights_errors_name_the_fix() -> None:
         BCEClassLoss(pos_weight="balanced")
     with pytest.raises(ValueError, match="at least one image of each"):
         BCEClassLoss(pos_weight="auto").set_class_counts([10, 0])
+
+
+@pytest.mark.parametrize(
+    ("loss", "counts", "expected"),
+    [
+        (BCEClassLoss(), (200, 100), 1 / 3),  # unweighted: the training prevalence
+        (BCEClassLoss(pos_weight="auto"), (200, 100), 0.5),  # class-balanced
+        (BCEClassLoss(pos_weight=4.0), (200, 100), 4 / 6),  # odds x 4: 0.5 -> 2
+        (FocalLoss(alpha="auto"), (300, 100), 0.5),
+        (FocalLoss(alpha=None), (300, 100), 0.25),
+        (CrossEntropyClassLoss(), (10, 10, 10), None),  # not binary
+        (BCEClassLoss(), (10, 0), None),  # one class only
+    ],
+)
+def test_calibrated_prior_is_the_prevalence_the_weighted_loss_trains_for(loss, counts, expected):
+    if counts[1] > 0:
+        loss.set_class_counts(counts)
+    prior = calibrated_prior(loss, counts)
+    assert prior == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize("pos_weight", [None, "auto", 3.0])
+def test_the_weighted_loss_minimiser_sits_at_the_calibrated_prior(pos_weight):
+    """The constant logit that minimises the weighted BCE on a 1:2 sample is the log-odds of
+    the calibrated prior (0.5 under pos_weight auto), not of the sample's prevalence."""
+    labels = torch.tensor([1, 0, 0] * 20)
+    loss = BCEClassLoss(pos_weight=pos_weight)
+    loss.set_class_counts([40, 20])
+    logit = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([logit], max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        value = loss(logit.expand(len(labels), 1), labels)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    prior = calibrated_prior(loss, [40, 20])
+    assert torch.sigmoid(logit).item() == pytest.approx(prior, abs=1e-4)

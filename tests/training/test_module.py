@@ -16,10 +16,10 @@ from lightning.pytorch.loggers import CSVLogger
 
 from bus_mtl.data import BUSDataModule, SyntheticSource
 from bus_mtl.models import EfficientNetOnly, SegResNetOnly, SharedEncoder
-from bus_mtl.training import load_net
-from bus_mtl.training.callbacks import INPUT_RES_COLUMNS, PER_IMAGE_COLUMNS, PerImagePredictions
-from bus_mtl.training.checkpoint import load_checkpoint, net_config
+from bus_mtl.models.rebuild import load_checkpoint, load_net, net_config
+from bus_mtl.training.callbacks import INPUT_RES_COLUMNS, PerImagePredictions
 from bus_mtl.training.losses import BCEClassLoss, CrossEntropyClassLoss, DiceBCELoss
+from bus_mtl.training.metrics import PREDICTION_COLUMNS
 from bus_mtl.training.module import MultiTaskModule, malignancy_probability, warmup_cosine
 from bus_mtl.training.weighting import UncertaintyWeighting
 
@@ -117,7 +117,7 @@ def test_val_score_is_mean_of_dice_and_auc(fitted):
 
 def test_per_image_csv_matches_test_metrics(fitted):
     rows = pd.read_csv(fitted["root"] / "per_image.csv")
-    assert list(rows.columns) == [*PER_IMAGE_COLUMNS, *INPUT_RES_COLUMNS]
+    assert list(rows.columns) == [*PREDICTION_COLUMNS, *INPUT_RES_COLUMNS]
     assert len(rows) == len(fitted["dm"].datasets["test"]) == rows["id"].nunique()
     # The contract's test/dice is the mean of the per-image Dice, at the original size; the
     # working-resolution figures are logged beside it as *_input.
@@ -143,6 +143,9 @@ def test_checkpoint_metadata_and_load_net_round_trip(fitted):
     assert meta["normalization"] == dm.normalization
     assert meta["class_names"] == ["benign", "malignant"]
     assert meta["threshold"] == 0.5 and meta["temperature"] == 1.0
+    # The prevalence the probabilities refer to: the default loss balances the classes.
+    assert type(module.cls_loss).__name__ == "BCEClassLoss" and module.cls_loss.pos_weight == "auto"
+    assert meta["source_prior"] == pytest.approx(0.5)
 
     net, meta2 = load_net(path)
     assert meta2 == meta and not net.training

@@ -47,7 +47,7 @@ def write_config(path: Path, synthetic_root: Path, root: Path, extra_callbacks=(
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"monitor": "val/score", "mode": "max", "save_last": True},
                 },
-                {"class_path": "bus_mtl.training.callbacks.FiniteLossGuard"},
+                {"class_path": "bus_mtl.training.FiniteLossGuard"},
                 *extra_callbacks,
             ],
             **trainer,

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bus_mtl.models import FlipTTA, SharedEncoder
-from bus_mtl.models.rebuild import checkpoint_tta, load_inference_net, load_net
+from bus_mtl.models.rebuild import checkpoint_tta, load_checkpoint, load_inference_net, load_net
 from bus_mtl.training.calibration import TemperatureCalibration, choose_threshold, fit_temperature
-from bus_mtl.training.checkpoint import build_metadata, load_checkpoint
+from bus_mtl.training.checkpoint import build_metadata
 from bus_mtl.training.losses import BCEClassLoss
 from bus_mtl.training.module import MultiTaskModule
 from tests.training.test_module import make_datamodule, make_trainer

@@ -1,5 +1,6 @@
-"""Where the deployed paper's-best network spends its time, and the inference routes tried
-beside ``bus-mtl bench inference`` (figures: docs/results.md). On one checkpoint's single pass at 256²,
+"""``bus-mtl bench deploy-routes CKPT``: where the deployed paper's-best network spends its
+time, and the inference routes tried beside ``bus-mtl bench inference`` (figures:
+docs/results.md). On one checkpoint's single pass at 256²,
 batch 1, ``--threads`` threads, it prints:
 
 1. per part (SegResNet encoder, SegResNet decoder, classifier: adapter, laterals and
@@ -15,7 +16,7 @@ batch 1, ``--threads`` threads, it prints:
 4. SegResNet with GroupNorm against SegResNet with BatchNorm (``norm="batch"``), same
    net otherwise, random weights: eager and onnxruntime latency.
 
-    python experiments/deploy_routes.py runs/main/SegResNetEffNetFeatures/version_3/checkpoints/best-epoch=014.ckpt
+    bus-mtl bench deploy-routes runs/main/SegResNetEffNetFeatures/version_3/checkpoints/best-epoch=014.ckpt
 """
 
 from __future__ import annotations
@@ -172,97 +173,115 @@ def freeze_group_norms(net: nn.Module, batches: list[np.ndarray]) -> nn.Module:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def where_time_goes(net: nn.Module, path: Path, x: torch.Tensor, threads: int, runs: int) -> None:
+    """1. Eager and onnxruntime milliseconds per part of the network, and per op type."""
+    print(f"1. where the time goes, {SIZE}², batch 1, {threads} threads (ms)")
+    eager = eager_parts(net, x, runs)
+    ort_by_part, ort_by_op = ort_parts(path, threads, runs)
+    for part in ("SegResNet encoder", "SegResNet decoder", "classifier",
+                 "layout changes and glue"):  # fmt: skip
+        e = eager.get(part)
+        o = ort_by_part.get(part, 0.0)
+        ratio = f"{o / e:.2f}x" if e else ""
+        print(f"   {part:<26} eager {e or 0:7.1f}   onnxruntime {o:7.1f}   {ratio}")
+    total = sum(ort_by_op.values())
+    top = sorted(ort_by_op.items(), key=lambda kv: -kv[1])[:8]
+    print("   onnxruntime by op: " + ", ".join(f"{k} {v / total:.0%}" for k, v in top))
+
+
+def session_variants(path: Path, x: torch.Tensor, threads: int, runs: int, tmp: Path) -> None:
+    """2. The same export under several onnxruntime session options, timed interleaved."""
+    print("\n2. onnxruntime session variants (interleaved, median / min ms)")
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    model = onnx.load(str(path))
+    make_dim_param_fixed(model.graph, "batch", 1)
+    fix_output_shapes(model)
+    static = tmp / "static.onnx"
+    onnx.save(model, str(static))
+    feed = {"image": x.numpy()}
+    variants = {
+        "serving session": session(path, threads),
+        "onnxruntime's default options": session(path, threads, defaults="1"),
+        "static batch dimension": session(static, threads),
+        "dynamic_block_base 4": session(path, threads, **{"session.dynamic_block_base": "4"}),
+        "parallel executor": session(path, threads, parallel="1"),
+    }
+    fns = {(k, ""): (lambda s=s: s.run(None, feed)) for k, s in variants.items()}
+    times = interleaved(fns, warmup=3, runs=runs, pause_s=PAUSE_S)
+    for (k, _), t in times.items():
+        print(f"   {k:<30} {statistics.median(t):7.1f} / {min(t):6.1f}")
+
+
+def frozen_group_norm(ckpt: str, busi_root: str | None) -> None:
+    """3. The lossy frozen-GroupNorm route, scored by the accuracy gate on BUSI fold 0."""
+    print("\n3. frozen GroupNorm (lossy): accuracy gate on BUSI fold 0's test part")
+    from bus_mtl.inference.gate import check_accuracy, load_fold_samples
+    from bus_mtl.inference.quantize import calibration_batches
+    from bus_mtl.inference.torch_predictor import TorchPredictor, load_net_and_info
+
+    tta_net, tta_info = load_net_and_info(ckpt)
+    calibration = load_fold_samples(busi_root, 0, "train", n=64)
+    batches = calibration_batches([s.image for s in calibration], tta_info)
+    frozen = freeze_group_norms(tta_net, batches)
+    report = check_accuracy(
+        TorchPredictor(tta_net, tta_info), TorchPredictor(frozen, tta_info),
+        load_fold_samples(busi_root, 0, "test"), what="frozen GroupNorm",
+    )  # fmt: skip
+    r, d = report.reference, report.deployed
+    print(
+        f"   eager Dice {r.dice:.3f} AUC {r.auc:.3f}; frozen Dice {d.dice:.3f} AUC "
+        f"{d.auc:.3f}; gate {'passed' if report.passed else 'FAILED'}"
+    )
+
+
+def group_vs_batch_norm(
+    net: nn.Module, x: torch.Tensor, threads: int, runs: int, tmp: Path
+) -> None:
+    """4. SegResNet with GroupNorm against BatchNorm, same net otherwise, random weights."""
+    print("\n4. SegResNet GroupNorm vs BatchNorm, random weights (interleaved, median ms)")
+    feed = {"image": x.numpy()}
+    fns = {}
+    for norm in ("group", "batch"):
+        torch.manual_seed(0)
+        kwargs = dict(model_name=net.model_name, init_filters=net.segresnet.init_filters)
+        n = create("seg_features_effnet", norm=norm, **kwargs).eval()
+        s = session(export(n, tmp / f"{norm}.onnx"), threads)
+
+        def run_eager(n=n):
+            with torch.inference_mode():
+                return n(x)
+
+        fns[(norm, "eager")] = run_eager
+        fns[(norm, "onnxruntime")] = lambda s=s: s.run(None, feed)
+    times = interleaved(fns, warmup=3, runs=runs, pause_s=PAUSE_S)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for norm in ("group", "batch"):
+        e, o = med[(norm, "eager")], med[(norm, "onnxruntime")]
+        print(f"   {norm:<6} eager {e:7.1f}   onnxruntime {o:7.1f}   {o / e:.2f}x")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bus-mtl bench deploy-routes", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("ckpt", help="a seg_features_effnet checkpoint (bus-mtl main / fit)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--busi-root", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from bus_mtl.inference.torch_predictor import load_checkpoint
+    from bus_mtl.inference.torch_predictor import load_net_and_info
 
-    net, info = load_checkpoint(args.ckpt, net_tta="none")
+    net, _ = load_net_and_info(args.ckpt, tta="none")
     x = torch.randn(1, 1, SIZE, SIZE)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
         path = export(net, tmp / "single.onnx")
-
-        print(f"1. where the time goes, {SIZE}², batch 1, {args.threads} threads (ms)")
-        eager = eager_parts(net, x, args.runs)
-        ort_by_part, ort_by_op = ort_parts(path, args.threads, args.runs)
-        for part in ("SegResNet encoder", "SegResNet decoder", "classifier",
-                     "layout changes and glue"):  # fmt: skip
-            e = eager.get(part)
-            o = ort_by_part.get(part, 0.0)
-            ratio = f"{o / e:.2f}x" if e else ""
-            print(f"   {part:<26} eager {e or 0:7.1f}   onnxruntime {o:7.1f}   {ratio}")
-        total = sum(ort_by_op.values())
-        top = sorted(ort_by_op.items(), key=lambda kv: -kv[1])[:8]
-        print("   onnxruntime by op: " + ", ".join(f"{k} {v / total:.0%}" for k, v in top))
-
-        print("\n2. onnxruntime session variants (interleaved, median / min ms)")
-        import onnx
-        from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
-
-        model = onnx.load(str(path))
-        make_dim_param_fixed(model.graph, "batch", 1)
-        fix_output_shapes(model)
-        static = tmp / "static.onnx"
-        onnx.save(model, str(static))
-        feed = {"image": x.numpy()}
-        variants = {
-            "serving session": session(path, args.threads),
-            "onnxruntime's default options": session(path, args.threads, defaults="1"),
-            "static batch dimension": session(static, args.threads),
-            "dynamic_block_base 4": session(path, args.threads, **{"session.dynamic_block_base": "4"}),
-            "parallel executor": session(path, args.threads, parallel="1"),
-        }  # fmt: skip
-        fns = {(k, ""): (lambda s=s: s.run(None, feed)) for k, s in variants.items()}
-        times = interleaved(fns, warmup=3, runs=args.runs, pause_s=PAUSE_S)
-        for (k, _), t in times.items():
-            print(f"   {k:<30} {statistics.median(t):7.1f} / {min(t):6.1f}")
-
-        print("\n3. frozen GroupNorm (lossy): accuracy gate on BUSI fold 0's test part")
-        from bus_mtl.inference.gate import check_accuracy, load_fold_samples
-        from bus_mtl.inference.quantize import calibration_batches
-        from bus_mtl.inference.torch_predictor import TorchPredictor
-
-        tta_net, tta_info = load_checkpoint(args.ckpt)
-        calibration = load_fold_samples(args.busi_root, 0, "train", n=64)
-        batches = calibration_batches([s.image for s in calibration], tta_info)
-        frozen = freeze_group_norms(tta_net, batches)
-        report = check_accuracy(
-            TorchPredictor(tta_net, tta_info), TorchPredictor(frozen, tta_info),
-            load_fold_samples(args.busi_root, 0, "test"), what="frozen GroupNorm",
-        )  # fmt: skip
-        r, d = report.reference, report.deployed
-        print(
-            f"   eager Dice {r.dice:.3f} AUC {r.auc:.3f}; frozen Dice {d.dice:.3f} AUC "
-            f"{d.auc:.3f}; gate {'passed' if report.passed else 'FAILED'}"
-        )
-
-        print("\n4. SegResNet GroupNorm vs BatchNorm, random weights (interleaved, median ms)")
-        fns = {}
-        for norm in ("group", "batch"):
-            torch.manual_seed(0)
-            kwargs = dict(model_name=net.model_name, init_filters=net.segresnet.init_filters)
-            n = create("seg_features_effnet", norm=norm, **kwargs).eval()
-            s = session(export(n, tmp / f"{norm}.onnx"), args.threads)
-
-            def run_eager(n=n):
-                with torch.inference_mode():
-                    return n(x)
-
-            fns[(norm, "eager")] = run_eager
-            fns[(norm, "onnxruntime")] = lambda s=s: s.run(None, feed)
-        times = interleaved(fns, warmup=3, runs=args.runs, pause_s=PAUSE_S)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        for norm in ("group", "batch"):
-            e, o = med[(norm, "eager")], med[(norm, "onnxruntime")]
-            print(f"   {norm:<6} eager {e:7.1f}   onnxruntime {o:7.1f}   {o / e:.2f}x")
-
-
-if __name__ == "__main__":
-    main()
+        where_time_goes(net, path, x, args.threads, args.runs)
+        session_variants(path, x, args.threads, args.runs, tmp)
+        frozen_group_norm(args.ckpt, args.busi_root)
+        group_vs_batch_norm(net, x, args.threads, args.runs, tmp)
+    return 0

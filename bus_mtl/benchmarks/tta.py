@@ -1,18 +1,21 @@
-"""Post-hoc flip TTA on a finished ``bus-mtl cv`` folder (checkpoints trained without TTA).
+"""``bus-mtl bench tta CV_DIR OUT``: post-hoc flip TTA on a finished ``bus-mtl cv`` folder
+(checkpoints trained without TTA).
 
 Per fold: the best checkpoint, evaluated as is and wrapped in ``FlipTTA``; temperature and
 Youden threshold fitted on the fold's validation part for each; then test AUC,
 sensitivity, specificity, Brier, ECE and Dice at each image's original size. The
 "Flip TTA on the 5-fold checkpoints" figures of docs/results.md come from
 
-    python experiments/tta_posthoc.py results/busi_5fold_cpu results/tta_5fold_posthoc
+    bus-mtl bench tta results/busi_5fold_cpu results/tta_5fold_posthoc
+
+:func:`datamodule_of_run` and :func:`fold_run` also serve ``bus-mtl bench threshold-rules``.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,8 +72,16 @@ def datamodule_of_run(run: Path, config_path: Path) -> Any:
     return dm
 
 
+def fold_run(fold: Path) -> Path:
+    """The run folder (``<Net>/version_N``, the newest) of a finished cv fold."""
+    runs = sorted(fold.glob("*/version_*/checkpoints"))
+    if not runs:
+        raise SystemExit(f"{fold}: no */version_*/checkpoints folder (not a finished fold)")
+    return runs[-1].parent
+
+
 def evaluate_fold(fold: Path, out: Path, k: int) -> list[dict[str, Any]]:
-    run = fold / "SegResNetEffNetFeatures" / "version_0"
+    run = fold_run(fold)
     ckpt = sorted(glob.glob(str(run / "checkpoints" / "best-*.ckpt")))[0]
     dm = datamodule_of_run(run, out / f"fold{k}_config.yaml")
     model = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
@@ -93,9 +104,13 @@ def evaluate_fold(fold: Path, out: Path, k: int) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bus-mtl bench tta", description=__doc__.split("\n\n")[0])
+    p.add_argument("cv_dir", type=Path, help="a bus-mtl cv --out folder (fold_0, fold_1, ...)")
+    p.add_argument("out", type=Path, help="folder for rows.json and each fold's config")
+    args = p.parse_args(argv)
     torch.set_num_threads(2)
-    cv, out = Path(sys.argv[1]), Path(sys.argv[2])
+    cv, out = args.cv_dir, args.out
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for k in range(len(list(cv.glob("fold_*")))):
@@ -106,7 +121,4 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     summary = frame.groupby("tta")[["val_auc", "dice", *REPORTED]].agg(["mean", "std"])
     print(summary.round(3).to_string())
-
-
-if __name__ == "__main__":
-    main()
+    return 0

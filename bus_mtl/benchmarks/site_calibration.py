@@ -1,5 +1,6 @@
-"""How many labelled local cases a site calibration needs, and what adapting without labels
-does, measured on an external site (default: BrEaST-Lesions_USG, 252 lesion cases).
+"""``bus-mtl bench site-calibration``: how many labelled local cases a site calibration
+needs, and what adapting without labels does, measured on an external site (default:
+BrEaST-Lesions_USG, 252 lesion cases).
 
 The model runs once over every case (its logits cached in ``OUT/logits.npz``). Then, for each
 ``k`` in ``--ks``, ``--draws`` stratified draws (seeded) of ``k`` calibration cases: the
@@ -11,7 +12,7 @@ statistics re-estimated on the site's images (a second forward pass), alone and 
 the prior shift. A last row refits on all cases and scores on them (in-sample: a ceiling,
 not an estimate).
 
-    python experiments/site_calibration.py --ckpt RUN/checkpoints/best.ckpt \\
+    bus-mtl bench site-calibration --ckpt RUN/checkpoints/best.ckpt \\
         --out results/site_calibration
 
 writes ``OUT/summary.{csv,json}`` (the printed table) and ``OUT/draws.csv`` (one row per
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bus_mtl.data.paths import find_external_root
 from bus_mtl.experiments.site_calibration import (
     DEFAULT_RULE,
     DEFAULT_TARGET_SENSITIVITY,
@@ -47,10 +49,6 @@ from bus_mtl.inference.site_adaptation import (
     read_site_cases,
 )
 
-# The repository's sibling ../shared/data (read-only; see its README.md).
-DEFAULT_MANIFEST = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "breast_lesions_usg" / "manifest.csv"
-)
 METRICS = ("sensitivity", "specificity", "balanced_acc", "auc", "brier")
 
 
@@ -276,9 +274,16 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="bus-mtl bench site-calibration", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--ckpt", required=True, help="training checkpoint")
-    p.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="the site's manifest CSV")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="the site's manifest CSV (default: BrEaST-Lesions_USG's, $BUS_MTL_EXTERNAL or "
+        "../shared/data/breast_lesions_usg)",
+    )
     p.add_argument("--out", required=True, help="folder for logits.npz, summary.*, draws.csv")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 40, 80])
     p.add_argument("--draws", type=int, default=20)
@@ -292,11 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def default_manifest() -> Path:
+    """The external set's manifest (:func:`bus_mtl.data.paths.find_external_root`)."""
+    root = find_external_root()
+    if root is None:
+        raise FileNotFoundError(
+            "no --manifest given and no BrEaST-Lesions_USG folder found; set "
+            "$BUS_MTL_EXTERNAL or pass --manifest CSV"
+        )
+    return root / "manifest.csv"
+
+
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_rule(args.rule, args.target_sensitivity)
     if args.draws < 1:
         raise ValueError(f"--draws must be >= 1, got {args.draws}")
+    if args.manifest is None:
+        args.manifest = str(default_manifest())
     start = time.perf_counter()
     out = Path(args.out)
     data = site_logits(Path(args.ckpt), Path(args.manifest), out, args.batch_size, not args.no_bn)
@@ -347,7 +365,3 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

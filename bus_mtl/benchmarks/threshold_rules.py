@@ -1,4 +1,5 @@
-"""Threshold rules compared on a finished ``bus-mtl cv`` folder, judged on validation only.
+"""``bus-mtl bench threshold-rules CV_DIR``: threshold rules compared on a finished ``bus-mtl
+cv`` folder, judged on validation only.
 
 Per fold: the best checkpoint's calibrated probabilities (its own test-time augmentation and
 stored temperature) on the fold's validation and test parts. Each rule is fitted on one
@@ -7,7 +8,7 @@ min(sensitivity, specificity)), ``--splits`` times; then, post hoc, each rule is
 the whole validation part and applied to the test part. The "Threshold rule" table of
 docs/results.md comes from
 
-    python experiments/threshold_rules.py results/busi_5fold_cpu_v2
+    bus-mtl bench threshold-rules results/busi_5fold_cpu_v2
 
 The test figures are printed for reporting: a rule chosen by them would be tuned on test.
 """
@@ -24,9 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# run as `python experiments/threshold_rules.py`: its folder is on sys.path
-from tta_posthoc import datamodule_of_run
-
+from bus_mtl.benchmarks.tta import datamodule_of_run, fold_run
 from bus_mtl.models import with_tta
 from bus_mtl.training.calibration import choose_threshold
 from bus_mtl.training.metrics import binary_metrics
@@ -95,20 +94,19 @@ def compare(fold: dict[str, np.ndarray], splits: int, rng: np.random.Generator) 
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bus-mtl bench threshold-rules", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("cv_dir", type=Path, help="a bus-mtl cv --out folder (fold_0, fold_1, ...)")
     p.add_argument("--splits", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(2)
     rows = {}
     for fold_dir in sorted(args.cv_dir.glob("fold_*")):
-        runs = sorted(fold_dir.glob("*/version_*/checkpoints"))
-        if not runs:
-            raise SystemExit(f"{fold_dir}: no */version_*/checkpoints folder (not a finished fold)")
-        rows[fold_dir.name] = compare(fold_probabilities(runs[-1].parent), args.splits, rng)
+        rows[fold_dir.name] = compare(fold_probabilities(fold_run(fold_dir)), args.splits, rng)
         r = rows[fold_dir.name]
         print(
             fold_dir.name,
@@ -144,7 +142,4 @@ def main() -> None:
     out = args.cv_dir / "threshold_rules.json"
     out.write_text(json.dumps(rows, indent=1))
     print(f"\nwritten: {out}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0
