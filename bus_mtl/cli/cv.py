@@ -107,6 +107,10 @@ def main(argv: list[str]) -> int:
     for where, err in failed.items():
         print(f"bus-mtl cv: {where} failed: {err}", file=sys.stderr)
     print(f"results: {out}")
+    if not failed and len(protocols) == 1:
+        print(
+            f"the fold models as one model: bus-mtl ensemble --cv {out} --out {out}/ensemble.ckpt"
+        )
     return 1 if failed else 0
 
 

@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("bus_mtl.cli.compare:main", "variant x fold comparison table with statistics"),
     "sweep": ("bus_mtl.cli.sweep:main", "run a W&B sweep file locally (optuna)"),
     "export": ("bus_mtl.cli.export:main", "export a checkpoint to ONNX or TorchScript"),
+    "ensemble": (
+        "bus_mtl.cli.ensemble:main",
+        "join trained models (a cv run's folds) into one: mean calibrated probability",
+    ),
     "calibrate": (
         "bus_mtl.cli.calibrate:main",
         "refit a model's operating point on a new site's cases (labelled, or --unlabelled)",

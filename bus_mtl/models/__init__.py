@@ -13,6 +13,7 @@ from bus_mtl.models.base import MTLNet, PretrainedPart
 from bus_mtl.models.cross_stitch import CrossStitch, CrossStitchUnit
 from bus_mtl.models.efficientnet import EfficientNetOnly
 from bus_mtl.models.efficientnet_parts import VALID_MODEL_NAMES, prepare_for_export
+from bus_mtl.models.ensemble import NetEnsemble
 from bus_mtl.models.export import ExportWrapper, export_output_names, export_wrapper
 from bus_mtl.models.mask_guided import MaskGuidedCascade
 from bus_mtl.models.output import MTLOutput
@@ -45,6 +46,7 @@ __all__ = [
     "MTLNet",
     "MTLOutput",
     "MaskGuidedCascade",
+    "NetEnsemble",
     "PretrainedPart",
     "SMPDeepLabV3Plus",
     "SMPUnet",
