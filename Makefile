@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README):
-#   make train   - set up .venv, then train the paper's best variant on the data found
+#   make train   - set up .venv, then train the main job's model on the data found (bus-mtl main)
 #   make test    - set up .venv, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

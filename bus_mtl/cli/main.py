@@ -14,7 +14,10 @@ from bus_mtl.cli.errors import DEBUG_ENV, debug, is_user_error, print_error
 # name -> ("module:function", one-line help). Each function takes argv (list[str]) and
 # returns an int exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "main": ("bus_mtl.cli.main_job:main", "train the paper's best variant on the data found"),
+    "main": (
+        "bus_mtl.cli.main_job:main",
+        "train the recipe's model on the data found, test it, check it externally",
+    ),
     "fit": ("bus_mtl.cli.lightning:main", "LightningCLI fit (--config FILE or preset:NAME)"),
     "validate": ("bus_mtl.cli.lightning:main", "LightningCLI validate"),
     "test": ("bus_mtl.cli.lightning:main", "LightningCLI test"),
