@@ -100,8 +100,8 @@ class NetEnsemble(MTLNet):
         bad_n = [p for p in normalizations if len(p) != 2 or not p[1] > 0]
         if bad_n or not std > 0:
             raise ValueError(
-                f"normalizations must be [mean, std] pairs with std > 0 (and std > 0), got "
-                f"{list(normalizations)!r}, std {std!r}"
+                f"normalizations must be [mean, std] pairs with std > 0, and std > 0; got "
+                f"normalizations={list(normalizations)!r}, std={std!r}"
             )
         self.members = nn.ModuleList(build_net(dict(m)) for m in members)
         for i, net in enumerate(self.members):

@@ -167,6 +167,8 @@ def test_net_ensemble_rejects_bad_arguments(members):
         NetEnsemble([config, config], [1.0, 0.0], [[0.0, 1.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match="one temperature and one"):
         NetEnsemble([config, config], [1.0], [[0.0, 1.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"normalizations must be .*\[0.0, 0.0\]"):
+        NetEnsemble([config, config], [1.0, 1.0], [[0.0, 1.0], [0.0, 0.0]])
     with pytest.raises(ValueError, match="num_classes must be 1"):
         NetEnsemble([config, config], [1.0, 1.0], [[0.0, 1.0], [0.0, 1.0]], num_classes=3)
 
