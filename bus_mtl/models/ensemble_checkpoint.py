@@ -65,21 +65,24 @@ def _check_members(metas: list[dict[str, Any]], paths: list[Path]) -> None:
         raise ValueError("the checkpoints cannot form one ensemble:\n  " + "\n  ".join(problems))
 
 
-def _operating_points(metas: list[dict[str, Any]], paths: list[Path]) -> dict[str, dict]:
-    """Temperature 1 and the mean of the members' thresholds, per mode they all have."""
+def _member_points(metas: list[dict[str, Any]], paths: list[Path]) -> dict[str, list[dict]]:
+    """Each member's operating point, per test-time augmentation mode they all have."""
     modes = set.intersection(*(_modes(m, p) for m, p in zip(metas, paths)))
-    points = {}
-    for mode in sorted(modes):
-        member_points = [operating_point(m, mode, p) for m, p in zip(metas, paths)]
-        rules = sorted({str(pt.get("threshold_rule") or "fixed") for pt in member_points})
-        points[mode] = {
-            "temperature": 1.0,
-            "decision_threshold": statistics.fmean(
-                float(pt["decision_threshold"]) for pt in member_points
-            ),
-            "threshold_rule": f"mean of {len(metas)} members' thresholds ({', '.join(rules)})",
-        }
-    return points
+    return {
+        mode: [operating_point(m, mode, p) for m, p in zip(metas, paths)] for mode in sorted(modes)
+    }
+
+
+def _ensemble_point(member_points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Temperature 1 and the mean of the members' thresholds."""
+    rules = sorted({str(pt.get("threshold_rule") or "fixed") for pt in member_points})
+    return {
+        "temperature": 1.0,
+        "decision_threshold": statistics.fmean(
+            float(pt["decision_threshold"]) for pt in member_points
+        ),
+        "threshold_rule": f"mean of {len(member_points)} members' thresholds ({', '.join(rules)})",
+    }
 
 
 def write_ensemble_checkpoint(
@@ -125,7 +128,8 @@ def write_ensemble_checkpoint(
     for i, checkpoint in enumerate(checkpoints):
         state.update({f"members.{i}.{k}": v for k, v in net_state_dict(checkpoint).items()})
     net.load_state_dict(state)  # strict: the members' weights fit their rebuilt nets
-    points = _operating_points(metas, paths)
+    member_points = _member_points(metas, paths)
+    points = {mode: _ensemble_point(pts) for mode, pts in member_points.items()}
     own = checkpoint_tta(first, paths[0])
     config = net_config(net)
     priors = [m.get("source_prior") for m in metas]
@@ -144,11 +148,8 @@ def write_ensemble_checkpoint(
         ENSEMBLE_KEY: {
             "members": [str(p) for p in paths],
             "member_thresholds": {
-                mode: [
-                    float(operating_point(m, mode, p)["decision_threshold"])
-                    for m, p in zip(metas, paths)
-                ]
-                for mode in points
+                mode: [float(pt["decision_threshold"]) for pt in pts]
+                for mode, pts in member_points.items()
             },
             "member_normalizations": [list(n) for n in norms],
         },
