@@ -77,8 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "--variant-config",
         default=None,
         help="a net preset (experiments/variants/<name>.yaml, loaded as --model.net) or a "
-        "config file applied after the recipe (default: the recipe's net, the paper's best "
-        "variant)",
+        "config file applied after the recipe (default: the recipe's net)",
     )
     p.add_argument(
         "--paper-variant",
@@ -91,11 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     p.add_argument("--devices", default="1")
     p.add_argument("--precision", help="default: the recipe's (32 on CPU, bf16-mixed on GPU)")
-    p.add_argument("--image-size", type=int, help="default: the recipe's (128 CPU, 256 GPU)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="default: the recipe's (256; 128 with --paper-variant on a CPU)",
+    )
     p.add_argument(
         "--max-epochs",
         type=int,
-        help="default: the recipe's (CPU: what its 14-min TimeBudget affords, at most 40; GPU: 100)",
+        help="default: the recipe's (CPU: what its 14-min TimeBudget affords, at most 60; GPU: 100)",
     )
     p.add_argument("--batch-size", type=int, help="default: the recipe's (8 CPU, 16 GPU)")
     p.add_argument("--num-workers", type=int, help="default: the recipe's (0 CPU, 4 GPU)")

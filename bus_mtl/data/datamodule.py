@@ -79,7 +79,10 @@ class BUSDataModule(L.LightningDataModule):
             no hold-out, every image is in the folds. ``"tune"``: train on every image
             outside the hold-out and validate on the hold-out (test part empty; what sweep
             trials use). ``"exclude"``: the hold-out is in no fold's train, validation or
-            test part (what ``bus-mtl cv`` uses after a sweep). The split records it as
+            test part (what ``bus-mtl cv`` uses after a sweep). ``"train"``: the folds of
+            ``exclude``, with the hold-out added to the training part (a final model that
+            also learns from the images its recipe was chosen on; its validation and test
+            parts are those of ``exclude``). The split records it as
             ``tuning`` (with its fingerprint); a split file that has one is used as is.
         tuning_fraction: share of the images in the tuning hold-out, in (0, 1).
         preload: hold each part's decoded arrays in RAM (N×2×size² uint8; all of BUSI at
@@ -311,6 +314,16 @@ class BUSDataModule(L.LightningDataModule):
             if removed
             else ""
         )
+        if self.tuning == "train":
+            kept["train"] = kept["train"] + sorted(drop)
+            print(
+                f"data.tuning=train: the tuning hold-out of {len(held)} image(s) (fingerprint "
+                f"{fingerprint}) joins fold {self.fold}'s training part ({len(kept['train'])} "
+                f"image(s)); it is in no validation or test part{note}",
+                flush=True,
+            )
+            self._log_tuning(fingerprint, len(held))
+            return kept
         print(
             f"data.tuning=exclude: the tuning hold-out of {len(held)} image(s) (fingerprint "
             f"{fingerprint}) is in no part of fold {self.fold}{note}",

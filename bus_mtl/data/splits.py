@@ -34,8 +34,10 @@ from bus_mtl.data.sample import Sample
 
 SPLIT_KINDS = ("kfold", "by_centre", "file")
 #: ``data.tuning``: ``off`` (every image in the folds), ``exclude`` (the tuning hold-out is in
-#: no fold), ``tune`` (train on the rest, validate on the hold-out: sweep trials).
-TUNING_MODES = ("off", "exclude", "tune")
+#: no fold), ``tune`` (train on the rest, validate on the hold-out: sweep trials), ``train``
+#: (the folds of ``exclude``, the hold-out added to each fold's training part: a final model
+#: that learns from the images its recipe was chosen on, never validated or tested on them).
+TUNING_MODES = ("off", "exclude", "tune", "train")
 #: Offset of the hold-out's seed from the split seed (its own stream, not a fold's).
 TUNING_SEED_OFFSET = 9000
 #: Version of the splits this code draws (see the module doc); files without one are 1.
@@ -520,7 +522,8 @@ class SplitSettings:
             raise ValueError(
                 f"tuning: {self.tuning!r} is not one of {TUNING_MODES}; set data.tuning: tune "
                 "in a sweep trial (validate on the tuning hold-out), exclude in the cv run that "
-                "reports the tuned settings, off to keep every image in the folds"
+                "reports the tuned settings, train to also train on the hold-out once the "
+                "settings are chosen, off to keep every image in the folds"
             )
         fraction = self.tuning_fraction
         if isinstance(fraction, bool) or not 0.0 < fraction < 1.0:
@@ -553,8 +556,10 @@ def make_split(
     (a version-1 one says so on stderr), checked against the data (``DataError`` listing
     every unknown id and every group split across parts).
 
-    ``tuning: exclude``: the hold-out is drawn first and the folds split the other images;
-    a split file keeps the hold-out it records, and one without gets the drawn one.
+    ``tuning: exclude`` (and ``train``, whose folds are the same; the data module adds the
+    hold-out to the training part): the hold-out is drawn first and the folds split the
+    other images; a split file keeps the hold-out it records, and one without gets the drawn
+    one.
     ``tuning: tune``: one fold, train = every image outside the hold-out, val = the
     hold-out, no test part (a sweep trial). Either way the split records the hold-out as
     ``tuning`` (saved with its fingerprint). Deterministic for the same inputs.

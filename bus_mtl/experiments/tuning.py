@@ -125,9 +125,9 @@ def check_tuning(
     """
     refuse_tune_mode(tuning)
     data = json.loads(Path(split_path).read_text())
-    if tuning == "exclude" and not data.get("tuning"):
+    if tuning in ("exclude", "train") and not data.get("tuning"):
         raise TuningLeak(
-            f"data.tuning: exclude, but {split_path} has no tuning hold-out (it was made with "
+            f"data.tuning: {tuning}, but {split_path} has no tuning hold-out (it was made with "
             "data.tuning: off, so its folds test on every image); use a new --out folder, "
             "where the split is made with the hold-out left out"
         )
@@ -189,7 +189,9 @@ def tuning_summary(out: Path) -> dict[str, Any] | None:
     if record.is_file():
         info["tuned_by"] = json.loads(record.read_text())
     protocol = Path(out) / PROTOCOL_RECORD
-    info["final"] = bool(protocol.is_file() and json.loads(protocol.read_text()).get("final"))
+    recorded = json.loads(protocol.read_text()) if protocol.is_file() else {}
+    info["final"] = bool(recorded.get("final"))
+    info["mode"] = recorded.get("tuning")
     from bus_mtl.experiments.protocol import GENERAL, exposed_choices, fold_config
 
     tested = [i for fold in split.folds for i in fold.get("test", [])]
@@ -203,12 +205,20 @@ def tuning_lines(info: dict[str, Any]) -> list[str]:
     that could have seen the test images (``info["exposed_choices"]``), then a blank line."""
     choices = [f"* {c}" for c in info.get("exposed_choices") or []]
     if info["excluded"]:
-        text = (
-            f"Tuning hold-out excluded: {info['images']} images (fingerprint "
-            f"{info['fingerprint']}, data.tuning_fraction {info['tuning_fraction']}, data.seed "
-            f"{info['seed']}) are in no fold's train, validation or test part; they are kept "
-            "for tuning (`bus-mtl sweep`)."
+        held = (
+            f"{info['images']} images (fingerprint {info['fingerprint']}, "
+            f"data.tuning_fraction {info['tuning_fraction']}, data.seed {info['seed']})"
         )
+        if info.get("mode") == "train":
+            text = (
+                f"Tuning hold-out trained on (data.tuning: train): {held} are in every fold's "
+                "training part and in no validation or test part."
+            )
+        else:
+            text = (
+                f"Tuning hold-out excluded: {held} are in no fold's train, validation or test "
+                "part; they are kept for tuning (`bus-mtl sweep`)."
+            )
         if info.get("final"):
             text += " Declared final (`--final`)."
         if choices:

@@ -17,11 +17,21 @@ from bus_mtl.models.efficientnet_parts import (
     run_head,
     run_stem,
 )
+from bus_mtl.models.effnet_unet import EFFNET_UNET_DIVISOR, EffNetUNet
 from bus_mtl.models.output import MTLOutput
-from bus_mtl.models.pretrained import apply_pretrained
+from bus_mtl.models.pretrained import (
+    IMAGENET,
+    LITE0_OFFLINE,
+    apply_pretrained,
+    imagenet_state_dict,
+    load_efficientnet_part,
+)
 from bus_mtl.models.segresnet import SEGRESNET_DIVISOR, build_segresnet
 
 CROP_DIVISOR = 32  # the EfficientNet's total stride: a crop side it divides gives whole grids
+# What segments: MONAI's SegResNet from random weights (the paper's), or a U-Net on an
+# EfficientNet encoder that ImageNet weights start (bus_mtl.models.effnet_unet).
+SEGMENTERS = ("segresnet", "effnet_unet")
 
 
 def mask_box(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,6 +100,30 @@ def crop_box(
     window = torch.stack([left, top, left + bw, top + bh], dim=1)
     whole = window.new_tensor([0.0, 0.0, width, height]).expand_as(window)
     return torch.where(found[:, None], window, whole)
+
+
+def jitter_window(window: Tensor, jitter: float, height: int, width: int) -> Tensor:
+    """A randomly moved and rescaled copy of each crop window (training only).
+
+    Each side is scaled by ``exp(u)``, ``u ~ U(-jitter, jitter)`` (the same factor for both
+    sides, so a square window stays square), the centre moves by ``U(-jitter/2, jitter/2)``
+    of the new side along each axis, and the window is clipped to the image side and moved
+    inside the image as in :func:`crop_box`. The classifier then learns from crops as loose,
+    tight or off-centre as a segmentation at another hospital may give.
+
+    Shapes: B×4 pixel windows -> B×4.
+    """
+    x0, y0, x1, y1 = window.unbind(1)
+    b = window.shape[0]
+    scale = torch.exp((torch.rand(b, device=window.device) * 2 - 1) * jitter)
+    bw = ((x1 - x0) * scale).clamp(min=1.0, max=width)
+    bh = ((y1 - y0) * scale).clamp(min=1.0, max=height)
+    shift = (torch.rand(2, b, device=window.device) - 0.5) * jitter
+    cx = (x0 + x1) / 2 + shift[0] * bw
+    cy = (y0 + y1) / 2 + shift[1] * bh
+    left = torch.minimum((cx - bw / 2).clamp(min=0), width - bw)
+    top = torch.minimum((cy - bh / 2).clamp(min=0), height - bh)
+    return torch.stack([left, top, left + bw, top + bh], dim=1)
 
 
 def crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -168,8 +202,22 @@ class SegCropEffNet(MTLNet):
             (weights for the EfficientNet).
         norm: SegResNet's normalisation, ``"group"`` (the paper's) or ``"batch"`` (folds
             into the convolutions when deployed; see ``SEGRESNET_NORMS``).
+        segmenter: ``"segresnet"`` (MONAI's SegResNet, random weights; ``init_filters``,
+            ``dropout_prob`` and ``norm`` apply to it) or ``"effnet_unet"`` (a U-Net on a
+            ``model_name`` EfficientNet encoder, :class:`~bus_mtl.models.effnet_unet.
+            EffNetUNet`, which ImageNet weights in ``pretrained`` initialise as they do the
+            classifier; ``seg_size`` a multiple of 32).
+        box_jitter: in training only, each crop window is rescaled by up to ``exp(±box_
+            jitter)`` and moved by up to ``box_jitter / 2`` of its side
+            (:func:`jitter_window`); 0 turns it off. Inference never jitters.
+        mask_channel: the EfficientNet also sees the predicted mask, cropped with the
+            image (one more input channel, ``2·sigmoid − 1``, detached): the lesion's shape
+            and margin, which do not depend on the scanner's gain or texture. Its stem
+            weights for that channel start at zero (ImageNet weights then compute what
+            they did on the image alone).
 
-    Shapes: B×C×H×W (any H, W; multiples of 8 when ``seg_size=None``) ->
+    Shapes: B×C×H×W (any H, W; multiples of 8 (32 for ``effnet_unet``) when
+    ``seg_size=None``) ->
     ``MTLOutput(mask=B×1×H×W, logits=B×K)``.
     """
 
@@ -192,16 +240,26 @@ class SegCropEffNet(MTLNet):
         dropout_prob: float | None = None,
         pretrained: str | None = None,
         norm: Literal["group", "batch"] = "group",
+        segmenter: Literal["segresnet", "effnet_unet"] = "segresnet",
+        box_jitter: float = 0.0,
+        mask_channel: bool = False,
     ) -> None:
         super().__init__(in_channels, num_classes)
+        if segmenter not in SEGMENTERS:
+            raise ValueError(f"segmenter must be one of {', '.join(SEGMENTERS)}, got {segmenter!r}")
+        divisor = SEGRESNET_DIVISOR if segmenter == "segresnet" else EFFNET_UNET_DIVISOR
         if seg_size is not None and (
-            isinstance(seg_size, bool)
-            or seg_size < SEGRESNET_DIVISOR
-            or seg_size % SEGRESNET_DIVISOR
+            isinstance(seg_size, bool) or seg_size < divisor or seg_size % divisor
         ):
             raise ValueError(
-                f"seg_size must be a positive multiple of {SEGRESNET_DIVISOR} (SegResNet's "
-                f"stride) or None (segment at the input size), got {seg_size!r}"
+                f"seg_size must be a positive multiple of {divisor} (the stride of "
+                f"segmenter {segmenter!r}) or None (segment at the input size), got "
+                f"{seg_size!r}"
+            )
+        if not 0 <= box_jitter <= 1:
+            raise ValueError(
+                f"box_jitter must be in [0, 1] (log-scale and shift range of the training "
+                f"crop window; 0 = off), got {box_jitter!r}"
             )
         if isinstance(crop_size, bool) or crop_size < CROP_DIVISOR or crop_size % CROP_DIVISOR:
             raise ValueError(
@@ -220,11 +278,22 @@ class SegCropEffNet(MTLNet):
         self.margin = float(margin)
         self.min_box = float(min_box)
         self.square = bool(square)
+        self.segmenter = segmenter
+        self.box_jitter = float(box_jitter)
         if seg_size is None:
-            self.size_divisor = SEGRESNET_DIVISOR
-        self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob, norm)
-        self.effnet = build_efficientnet(model_name, in_channels, num_classes)
+            self.size_divisor = divisor
+        if segmenter == "segresnet":
+            self.segresnet = build_segresnet(in_channels, init_filters, dropout_prob, norm)
+        else:
+            self.unet = EffNetUNet(in_channels, model_name)
+        self.mask_channel = bool(mask_channel)
+        self.effnet = build_efficientnet(model_name, in_channels + self.mask_channel, num_classes)
         apply_pretrained(self, pretrained)
+        if segmenter == "effnet_unet" and pretrained in (IMAGENET, LITE0_OFFLINE):
+            # apply_pretrained filled the classifier (and checked the name); the U-Net's
+            # encoder is the same EfficientNet and takes the same ImageNet weights.
+            part = PretrainedPart(self.unet.encoder, in_channels, model_name)
+            load_efficientnet_part(part, imagenet_state_dict(model_name), source=pretrained)
 
     def pretrained_part(self) -> PretrainedPart:
         return PretrainedPart(self.effnet, self.in_channels, self.model_name)
@@ -232,23 +301,36 @@ class SegCropEffNet(MTLNet):
     def segment(self, x: Tensor) -> Tensor:
         """B×C×H×W -> B×1×s×s mask logits at the segmentation size (H×W when ``seg_size``
         is ``None``)."""
+        net = self.segresnet if self.segmenter == "segresnet" else self.unet
         if self.seg_size is None:
-            return self.segresnet(x)
+            return net(x)
         h, w = x.shape[-2], x.shape[-1]
         whole = x.new_tensor([0.0, 0.0, w, h]).expand(x.shape[0], 4)
-        return self.segresnet(_layout_of(x, crop(x, whole, self.seg_size)))
+        return net(_layout_of(x, crop(x, whole, self.seg_size)))
 
     def crop_window(self, seg_logits: Tensor, height: int, width: int) -> Tensor:
-        """B×1×s×s segmentation logits -> B×4 crop window in input pixels (detached)."""
+        """B×1×s×s segmentation logits -> B×4 crop window in input pixels (detached;
+        jittered in training when ``box_jitter`` > 0)."""
         box, found = mask_box(seg_logits.detach())
-        return crop_box(box, found, height, width, self.margin, self.min_box, self.square)
+        window = crop_box(box, found, height, width, self.margin, self.min_box, self.square)
+        if self.training and self.box_jitter > 0:
+            window = jitter_window(window, self.box_jitter, height, width)
+        return window
 
     def forward(self, x: Tensor) -> MTLOutput:
         self.check_input(x)
         h, w = x.shape[-2], x.shape[-1]
         seg = self.segment(x)
         mask = F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)
-        lesion = _layout_of(x, crop(x, self.crop_window(seg, h, w), self.crop_size))
+        window = self.crop_window(seg, h, w)
+        if self.mask_channel:
+            # The predicted mask as one more channel of the crop, in [-1, 1] and detached
+            # (the classification loss does not train the segmenter).
+            shape = torch.sigmoid(mask.detach()) * 2 - 1
+            lesion = crop(torch.cat([x, shape.to(x.dtype)], dim=1), window, self.crop_size)
+        else:
+            lesion = crop(x, window, self.crop_size)
+        lesion = _layout_of(x, lesion)
         e = self.effnet
         features = run_head(e, run_blocks(e, run_stem(e, lesion), 0, len(e._blocks)))
         return MTLOutput(mask=mask, logits=classify(e, features))

@@ -1,5 +1,6 @@
 """The tuning hold-out (``data.tuning``): drawn deterministically, stratified, groups whole;
-``exclude`` keeps it out of every fold, ``tune`` validates on exactly it."""
+``exclude`` keeps it out of every fold, ``tune`` validates on exactly it, ``train`` adds it
+to the training part only."""
 
 from __future__ import annotations
 
@@ -93,6 +94,25 @@ def test_tune_validates_on_exactly_the_holdout(synthetic_source, tmp_path, capsy
     saved = json.loads((tmp_path / "t.json").read_text())  # what a trial's run folder keeps
     assert saved["tuning"] == val and saved["tuning_fingerprint"] == fingerprint
     assert saved["folds"] == [{"train": sorted(train), "val": val, "test": []}]
+
+
+def test_train_adds_the_holdout_to_the_training_part_only(synthetic_source, tmp_path, capsys):
+    common = dict(image_size=64, n_folds=4, fold=1, cache_dir=str(tmp_path / "cache"), seed=0)
+    excl = BUSDataModule(synthetic_source, tuning="exclude", **common)
+    excl.setup("fit")
+    dm = BUSDataModule(synthetic_source, tuning="train", **common)
+    dm.setup("fit")
+
+    def ids(module, name):
+        return sorted(s.id for s in module.datasets[name].samples)
+
+    held = dm.split.tuning
+    assert held and held == excl.split.tuning and dm.split.folds == excl.split.folds
+    assert ids(dm, "val") == ids(excl, "val") and ids(dm, "test") == ids(excl, "test")
+    assert ids(dm, "train") == sorted(ids(excl, "train") + held)
+    out = capsys.readouterr().out
+    assert f"data.tuning=train: the tuning hold-out of {len(held)} image(s)" in out
+    assert "in no validation or test part" in out
 
 
 def test_off_is_the_old_split(synthetic_source, tmp_path) -> None:

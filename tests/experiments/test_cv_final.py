@@ -133,6 +133,18 @@ def test_final_with_the_holdout_excluded_runs_and_says_so(tmp_path, data_cfg, no
     assert payload["tuning"]["exposed_choices"] == []  # synthetic data: no recorded choice
 
 
+def test_final_training_on_the_holdout_says_where_it_is(tmp_path, data_cfg, no_folds):
+    out = tmp_path / "cv"
+    run_cv([data_cfg], out, folds=3, extra=["--data.tuning=train"], final=True)
+    assert json.loads((out / PROTOCOL_RECORD).read_text()) == {"final": True, "tuning": "train"}
+    _finished_folds(out)
+    finish(out)
+    md = (out / "summary.md").read_text()
+    assert "Tuning hold-out trained on (data.tuning: train)" in md
+    assert "in every fold's training part and in no validation or test part" in md
+    assert "Tuning hold-out excluded" not in md and "Declared final (`--final`)." in md
+
+
 def test_cli_final(tmp_path, data_cfg, no_folds, capsys):
     argv = ["cv", "--config", data_cfg, "--folds", "3", "--out", str(tmp_path / "cv")]
     assert bus_mtl([*argv, "--final"]) == 2

@@ -32,9 +32,19 @@ def _to_onnx(wrapper, x) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name", list_variants())
-def test_onnx_runtime_matches_pytorch(make_net, name):
-    net = make_net(name)
+# Every variant, and the options that change what a variant exports.
+EXPORTED = [(name, {}) for name in list_variants()] + [
+    ("seg_crop_effnet", {"segmenter": "effnet_unet", "box_jitter": 0.3, "mask_channel": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    EXPORTED,
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()) or "",
+)
+def test_onnx_runtime_matches_pytorch(make_net, name, extra):
+    net = make_net(name, **extra)
     # Non-trivial BatchNorm statistics, so eval mode really differs from train mode.
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -73,6 +73,8 @@ def test_output_shapes(net_for, name, in_channels, size, num_classes):
         ("cross_stitch", {"model_name": "efficientnet-lite0"}),
         ("seg_crop_effnet", {"model_name": "efficientnet-lite0"}),
         ("seg_crop_effnet", {"seg_size": None, "square": False}),
+        ("seg_crop_effnet", {"segmenter": "effnet_unet", "box_jitter": 0.3}),
+        ("seg_crop_effnet", {"mask_channel": True}),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())),
 )

