@@ -291,7 +291,8 @@ class BUSDataModule(L.LightningDataModule):
         return self.report
 
     def _apply_tuning(self, parts: dict[str, list[str]]) -> dict[str, list[str]]:
-        """The fold's parts without the hold-out (``exclude``), and a line saying so."""
+        """The fold's parts without the hold-out (``exclude``), or with it in the training
+        part only (``train``), and a line saying so."""
         split = self.split
         if self.tuning == "off" or split is None or not split.tuning:
             return parts
@@ -314,21 +315,19 @@ class BUSDataModule(L.LightningDataModule):
             if removed
             else ""
         )
+        where = f"is in no part of fold {self.fold}"
         if self.tuning == "train":
             kept["train"] = kept["train"] + sorted(drop)
-            print(
-                f"data.tuning=train: the tuning hold-out of {len(held)} image(s) (fingerprint "
-                f"{fingerprint}) joins fold {self.fold}'s training part ({len(kept['train'])} "
-                f"image(s)); it is in no validation or test part{note}",
-                flush=True,
+            where = (
+                f"joins fold {self.fold}'s training part ({len(kept['train'])} image(s)); it "
+                "is in no validation or test part"
             )
-            self._log_tuning(fingerprint, len(held))
-            return kept
         print(
-            f"data.tuning=exclude: the tuning hold-out of {len(held)} image(s) (fingerprint "
-            f"{fingerprint}) is in no part of fold {self.fold}{note}",
+            f"data.tuning={self.tuning}: the tuning hold-out of {len(held)} image(s) "
+            f"(fingerprint {fingerprint}) {where}{note}",
             flush=True,
         )
+        self._log_tuning(fingerprint, len(held))
         return kept
 
     def _log_tuning(self, fingerprint: str, n: int) -> None:
