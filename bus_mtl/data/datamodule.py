@@ -290,9 +290,22 @@ class BUSDataModule(L.LightningDataModule):
             self.report = report
         return self.report
 
-    def _apply_tuning(self, parts: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _tested_centres(self) -> set[str]:
+        """The centres this fold of a ``by_centre`` split tests on (none for other splits):
+        fold k's of a leave-one-centre-out split, all of ``test_centres`` for a one-fold one."""
+        split = self.split
+        if split is None or split.kind != "by_centre" or not split.test_centres:
+            return set()
+        if split.n_folds > 1:
+            return {split.test_centres[self.fold]}
+        return set(split.test_centres)
+
+    def _apply_tuning(
+        self, parts: dict[str, list[str]], centre_of: dict[str, str]
+    ) -> dict[str, list[str]]:
         """The fold's parts without the hold-out (``exclude``), or with it in the training
-        part only (``train``), and a line saying so."""
+        part only (``train``; for a ``by_centre`` fold, only its images from the centres
+        trained on), and a line saying so."""
         split = self.split
         if self.tuning == "off" or split is None or not split.tuning:
             return parts
@@ -317,11 +330,20 @@ class BUSDataModule(L.LightningDataModule):
         )
         where = f"is in no part of fold {self.fold}"
         if self.tuning == "train":
-            kept["train"] = kept["train"] + sorted(drop)
+            # A cross-centre fold never trains on the centre it tests: the hold-out's images
+            # from that centre stay out of every part, as with exclude.
+            tested = self._tested_centres()
+            added = [i for i in sorted(drop) if centre_of[i] not in tested]
+            kept["train"] = kept["train"] + added
             where = (
                 f"joins fold {self.fold}'s training part ({len(kept['train'])} image(s)); it "
                 "is in no validation or test part"
             )
+            if len(added) < len(drop):
+                where += (
+                    f"; {len(drop) - len(added)} of its images, from the tested centre(s) "
+                    f"{', '.join(sorted(tested))}, are in no part"
+                )
         print(
             f"data.tuning={self.tuning}: the tuning hold-out of {len(held)} image(s) "
             f"(fingerprint {fingerprint}) {where}{note}",
@@ -371,7 +393,10 @@ class BUSDataModule(L.LightningDataModule):
             raise DataError(f"fold: {self.fold} out of range; {self.split_file} has {n} fold(s)")
         if self.split_out:
             self.split.save(self.split_out)
-        parts = self._apply_tuning(self.split.fold(0 if self.tuning == "tune" else self.fold))
+        centre_of = {s.id: s.centre for s in samples}
+        parts = self._apply_tuning(
+            self.split.fold(0 if self.tuning == "tune" else self.fold), centre_of
+        )
         if self.drop_conflicting:
             parts = self._drop_conflicting(report, parts)
         by_id = {s.id: s for s in samples}

@@ -32,6 +32,9 @@ CROP_DIVISOR = 32  # the EfficientNet's total stride: a crop side it divides giv
 # What segments: MONAI's SegResNet from random weights (the paper's), or a U-Net on an
 # EfficientNet encoder that ImageNet weights start (bus_mtl.models.effnet_unet).
 SEGMENTERS = ("segresnet", "effnet_unet")
+# How each crop's intensities reach the classifier: as the data module normalised the image,
+# or standardised per crop (zero mean, unit variance per channel).
+CROP_NORMS = ("none", "instance")
 
 
 def mask_box(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,6 +129,20 @@ def jitter_window(window: Tensor, jitter: float, height: int, width: int) -> Ten
     return torch.stack([left, top, left + bw, top + bh], dim=1)
 
 
+def standardise(lesion: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each crop and channel to zero mean and unit variance over its pixels.
+
+    A scanner's overall gain and contrast then no longer reach the classifier; what is
+    brighter or darker than the rest of the crop (a hypoechoic lesion in its tissue, the
+    shadow below it) stays. A flat crop gives zeros (up to rounding). Mean and variance
+    are plain reductions, so it exports (ReduceMean).
+
+    Shapes: B×C×s×s -> B×C×s×s.
+    """
+    centred = lesion - lesion.mean(dim=(-2, -1), keepdim=True)
+    return centred * torch.rsqrt(centred.pow(2).mean(dim=(-2, -1), keepdim=True) + eps)
+
+
 def crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
     """Resample box ``i`` of image ``i``: B×C×H×W, B×4 pixel boxes -> B×C×size×size.
 
@@ -215,6 +232,9 @@ class SegCropEffNet(MTLNet):
             and margin, which do not depend on the scanner's gain or texture. Its stem
             weights for that channel start at zero (ImageNet weights then compute what
             they did on the image alone).
+        crop_norm: ``"none"`` (the crop as the data module normalised the image) or
+            ``"instance"`` (each crop standardised on its own, :func:`standardise`; the
+            mask channel is left as it is).
 
     Shapes: B×C×H×W (any H, W; multiples of 8 (32 for ``effnet_unet``) when
     ``seg_size=None``) ->
@@ -243,6 +263,7 @@ class SegCropEffNet(MTLNet):
         segmenter: Literal["segresnet", "effnet_unet"] = "segresnet",
         box_jitter: float = 0.0,
         mask_channel: bool = False,
+        crop_norm: Literal["none", "instance"] = "none",
     ) -> None:
         super().__init__(in_channels, num_classes)
         if segmenter not in SEGMENTERS:
@@ -256,6 +277,8 @@ class SegCropEffNet(MTLNet):
                 f"segmenter {segmenter!r}) or None (segment at the input size), got "
                 f"{seg_size!r}"
             )
+        if crop_norm not in CROP_NORMS:
+            raise ValueError(f"crop_norm must be one of {', '.join(CROP_NORMS)}, got {crop_norm!r}")
         if not 0 <= box_jitter <= 1:
             raise ValueError(
                 f"box_jitter must be in [0, 1] (log-scale and shift range of the training "
@@ -280,6 +303,7 @@ class SegCropEffNet(MTLNet):
         self.square = bool(square)
         self.segmenter = segmenter
         self.box_jitter = float(box_jitter)
+        self.crop_norm = crop_norm
         if seg_size is None:
             self.size_divisor = divisor
         if segmenter == "segresnet":
@@ -323,13 +347,14 @@ class SegCropEffNet(MTLNet):
         seg = self.segment(x)
         mask = F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)
         window = self.crop_window(seg, h, w)
+        lesion = crop(x, window, self.crop_size)
+        if self.crop_norm == "instance":
+            lesion = standardise(lesion)
         if self.mask_channel:
             # The predicted mask as one more channel of the crop, in [-1, 1] and detached
             # (the classification loss does not train the segmenter).
             shape = torch.sigmoid(mask.detach()) * 2 - 1
-            lesion = crop(torch.cat([x, shape.to(x.dtype)], dim=1), window, self.crop_size)
-        else:
-            lesion = crop(x, window, self.crop_size)
+            lesion = torch.cat([lesion, crop(shape.to(x.dtype), window, self.crop_size)], dim=1)
         lesion = _layout_of(x, lesion)
         e = self.effnet
         features = run_head(e, run_blocks(e, run_stem(e, lesion), 0, len(e._blocks)))

@@ -55,3 +55,39 @@ def test_rgba_images_and_ored_masks(samples) -> None:
         files = [read_mask(p) for p in s.masks]
         assert mask.sum() == np.logical_or.reduce(files).sum()
         assert all(0 < f.sum() < mask.sum() for f in files)  # each file adds pixels
+
+
+def test_busi_breast_preset_has_two_centres_for_leave_one_centre_out(
+    external_root: Path, monkeypatch
+):
+    """``experiments/data/busi_breast.yaml``: BUSI's 647 and the 252 cases, each sample with
+    its centre, and the by_centre protocol tests on each centre once, trained on the other."""
+    from collections import Counter
+
+    from bus_mtl.cli.evaluate import load_samples
+    from bus_mtl.data.splits import leave_one_centre_out
+
+    shared = PROJECT.parent / "shared" / "data"
+    if (
+        not (shared / "busi").is_dir()
+        or external_root.resolve() != (shared / "breast_lesions_usg").resolve()
+    ):
+        pytest.skip("the preset's paths: ../shared/data/busi and ../shared/data/breast_lesions_usg")
+    monkeypatch.chdir(PROJECT)  # the preset's paths are relative to the project root
+    loaded, _ = load_samples(configs=[str(configs.preset("data/busi_breast.yaml"))])
+    counts = Counter((s.centre, s.label) for s in loaded)
+    assert counts == {
+        ("busi", 0): 437,
+        ("busi", 1): 210,
+        ("breast_lesions_usg", 0): 154,
+        ("breast_lesions_usg", 1): 98,
+    }
+    centre_of = {s.id: s.centre for s in loaded}
+    split = leave_one_centre_out(loaded, seed=42)
+    assert split.test_centres == ["breast_lesions_usg", "busi"]
+    for fold, centre in zip(split.folds, split.test_centres, strict=True):
+        assert {centre_of[i] for i in fold["test"]} == {centre}
+        assert {centre_of[i] for i in fold["train"] + fold["val"]} == {
+            "busi",
+            "breast_lesions_usg",
+        } - {centre}

@@ -108,3 +108,27 @@ def test_cv_draws_the_committed_busi_split_and_holdout(tmp_path, busi_root):
     held = json.loads((tmp_path / "held.json").read_text())
     record = json.loads((SPLITS / "busi_tuning_seed42.json").read_text())
     assert held["tuning"] == record["ids"] and held["tuning_fingerprint"] == record["fingerprint"]
+
+
+def test_by_centre_with_the_holdout_trained_on_never_trains_on_the_tested_centre(tmp_path, capsys):
+    """``data.tuning: train`` in a cross-centre run: the hold-out's images from the centre a
+    fold tests on are in none of its parts; those from the centre it trains on join its
+    training part."""
+    cfg = data_config(tmp_path, {"busi": 40, "udiat": 30})
+    extra = ["--data.tuning=train"]
+    write_split(build_datamodule([cfg], extra), tmp_path / "split.json", "by_centre")
+    for fold, tested in enumerate(["busi", "udiat"]):
+        dm = build_datamodule([cfg], [*extra, "--data.split=file", f"--data.fold={fold}",
+                                      f"--data.split_file={tmp_path / 'split.json'}"])  # fmt: skip
+        dm.setup("fit")
+        held = dm.split.tuning
+        held_tested = [i for i in held if i.startswith(f"{tested}/")]
+        assert held_tested and len(held_tested) < len(held)  # both centres in the hold-out
+        parts = {name: {s.id for s in dm.datasets[name].samples} for name in dm.datasets}
+        train_centres = {i.split("/")[0] for i in parts["train"] | parts["val"]}
+        assert tested not in train_centres
+        assert set(held) - set(held_tested) <= parts["train"]
+        assert not set(held_tested) & (parts["train"] | parts["val"] | parts["test"])
+        assert f"{len(held_tested)} of its images, from the tested centre(s) {tested}" in (
+            capsys.readouterr().out
+        )

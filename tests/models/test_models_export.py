@@ -35,6 +35,7 @@ def _to_onnx(wrapper, x) -> bytes:
 # Every variant, and the options that change what a variant exports.
 EXPORTED = [(name, {}) for name in list_variants()] + [
     ("seg_crop_effnet", {"segmenter": "effnet_unet", "box_jitter": 0.3, "mask_channel": True}),
+    ("seg_crop_effnet", {"segmenter": "effnet_unet", "crop_norm": "instance"}),
 ]
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bus_mtl.models import FlipTTA, create
-from bus_mtl.models.seg_crop_effnet import crop, crop_box, mask_box
+from bus_mtl.models.seg_crop_effnet import crop, crop_box, mask_box, standardise
 
 
 def _mask(h: int, w: int, *rects: tuple[int, int, int, int]) -> torch.Tensor:
@@ -307,6 +307,7 @@ def test_effnet_unet_segments_at_seg_size_and_starts_from_imagenet():
         ({"segmenter": "effnet_unet", "seg_size": 48}, r"multiple of 32 .*got 48"),
         ({"box_jitter": 1.5}, r"box_jitter must be in \[0, 1\].*got 1.5"),
         ({"box_jitter": -0.1}, r"box_jitter must be in \[0, 1\].*got -0.1"),
+        ({"crop_norm": "batch"}, r"crop_norm must be one of none, instance, got 'batch'"),
     ],
 )
 def test_bad_segmenter_options_name_the_value(kwargs, message):
@@ -352,3 +353,28 @@ def test_mask_channel_is_the_predicted_mask_cropped_with_the_image(make_net):
     )
     with torch.no_grad():
         torch.testing.assert_close(plain(x).logits, out.logits)
+
+
+def test_standardise_gives_each_crop_and_channel_zero_mean_and_unit_variance():
+    x = torch.rand(3, 2, 16, 16) * torch.tensor([0.5, 3.0, 8.0])[:, None, None, None] + 2.0
+    z = standardise(x)
+    torch.testing.assert_close(z.mean(dim=(-2, -1)), torch.zeros(3, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.pow(2).mean(dim=(-2, -1)), torch.ones(3, 2), atol=1e-3, rtol=0)
+    # A gain and an offset of the scanner do not change what the classifier sees.
+    torch.testing.assert_close(standardise(1.7 * x - 0.4), z, atol=1e-3, rtol=0)
+    flat = standardise(torch.full((1, 1, 4, 4), 0.3))  # zeros up to rounding, no division by 0
+    torch.testing.assert_close(flat, torch.zeros(1, 1, 4, 4), atol=1e-4, rtol=0)
+
+
+def test_crop_norm_instance_standardises_the_image_crop_not_the_mask_channel(make_net):
+    net = make_net("seg_crop_effnet", crop_norm="instance", mask_channel=True).eval()
+    seen: list[torch.Tensor] = []
+    net.effnet._conv_stem.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    x = _blob_images()
+    with torch.no_grad():
+        out = net(x)
+        window = net.crop_window(net.segment(x), x.shape[-2], x.shape[-1])
+    size = net.crop_size
+    image = standardise(crop(x, window, size))
+    shape = crop(torch.sigmoid(out.mask) * 2 - 1, window, size)
+    torch.testing.assert_close(seen[0], torch.cat([image, shape], 1))
