@@ -134,13 +134,13 @@ def standardise(lesion: Tensor, eps: float = 1e-5) -> Tensor:
 
     A scanner's overall gain and contrast then no longer reach the classifier; what is
     brighter or darker than the rest of the crop (a hypoechoic lesion in its tissue, the
-    shadow below it) stays. A flat crop gives zeros (up to rounding). Mean and variance
-    are plain reductions, so it exports (ReduceMean).
+    shadow below it) stays. A flat crop gives zeros (up to rounding). Instance
+    normalisation without affine parameters or running statistics (the same in training
+    and inference; ONNX ``InstanceNormalization``).
 
     Shapes: B×C×s×s -> B×C×s×s.
     """
-    centred = lesion - lesion.mean(dim=(-2, -1), keepdim=True)
-    return centred * torch.rsqrt(centred.pow(2).mean(dim=(-2, -1), keepdim=True) + eps)
+    return F.instance_norm(lesion, eps=eps)
 
 
 def crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
